@@ -1,0 +1,414 @@
+//! The `APPS` configuration and the worker-wide knobs.
+//!
+//! `APPS` is a JSON object keyed by app id or glob. Each entry is parsed on
+//! its own: a broken entry is reported by name and field, and every other app
+//! keeps working.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::providers::{App, Secrets};
+
+/// Worker-wide knobs, all optional `[vars]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub max_body_bytes: usize,
+    pub max_devices: usize,
+    pub send_timeout_ms: u64,
+    pub retry_base_ms: u64,
+    pub max_tries: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { max_body_bytes: 65536, max_devices: 20, send_timeout_ms: 10_000, retry_base_ms: 200, max_tries: 3 }
+    }
+}
+
+impl Settings {
+    /// Reads each knob by name; a missing or unparsable value keeps its
+    /// default and is reported in the returned warnings.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
+        let mut s = Self::default();
+        let mut warnings = Vec::new();
+        let mut read = |name: &str, slot: &mut u64, min: u64| {
+            if let Some(raw) = var(name) {
+                match raw.trim().parse::<u64>() {
+                    Ok(v) if v >= min => *slot = v,
+                    _ => warnings.push(format!("{name}={raw:?} is not an integer >= {min}; using {slot}")),
+                }
+            }
+        };
+        let mut body = s.max_body_bytes as u64;
+        let mut devices = s.max_devices as u64;
+        let mut tries = u64::from(s.max_tries);
+        read("MAX_BODY_BYTES", &mut body, 256);
+        read("MAX_DEVICES", &mut devices, 1);
+        read("SEND_TIMEOUT_MS", &mut s.send_timeout_ms, 1);
+        read("RETRY_BASE_MS", &mut s.retry_base_ms, 0);
+        read("MAX_TRIES", &mut tries, 1);
+        s.max_body_bytes = usize::try_from(body).unwrap_or(usize::MAX);
+        s.max_devices = usize::try_from(devices).unwrap_or(usize::MAX);
+        s.max_tries = u32::try_from(tries.min(10)).unwrap_or(10);
+        (s, warnings)
+    }
+}
+
+/// `url`: an origin (`scheme://host[:port]`) that replaces a provider's real
+/// one; the provider's path is appended to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin(String);
+
+impl Origin {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let trimmed = raw.trim_end_matches('/');
+        let (scheme, rest) = trimmed
+            .split_once("://")
+            .ok_or_else(|| format!("{raw:?} is not an origin (scheme://host[:port])"))?;
+        if scheme != "https" && scheme != "http" {
+            return Err(format!("{raw:?}: the scheme must be https or http"));
+        }
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(format!("{raw:?} is not an origin (scheme://host[:port], no path)"));
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Origin::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// APNs endpoint family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ApnsPlatform {
+    #[default]
+    Production,
+    Sandbox,
+}
+
+/// `"type": "apns"` (token auth).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    #[serde(default)]
+    pub platform: ApnsPlatform,
+    /// The app's bundle id: `apns-topic`.
+    pub topic: String,
+    pub team_id: String,
+    pub key_id: String,
+    /// Name of the secret holding the `.p8` PEM.
+    pub key_secret: String,
+    /// `apns-push-type`; `alert` when absent.
+    #[serde(default)]
+    pub push_type: Option<String>,
+    #[serde(default = "yes")]
+    pub convert_device_token_to_hex: bool,
+    /// Seconds until APNs may drop an undelivered push (`apns-expiration`).
+    #[serde(default)]
+    pub ttl: Option<u64>,
+    #[serde(default)]
+    pub url: Option<Origin>,
+}
+
+/// `"type": "fcm"` (HTTP v1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    pub project_id: String,
+    /// Name of the secret holding the service-account JSON.
+    pub service_account_secret: String,
+    /// The base of every message; our fields win.
+    #[serde(default)]
+    pub fcm_options: Map<String, Value>,
+    #[serde(default)]
+    pub url: Option<Origin>,
+}
+
+/// `"type": "webpush"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushConfig {
+    /// Name of the secret holding the VAPID private key.
+    pub vapid_private_key_secret: String,
+    /// `sub` of the VAPID JWT: `mailto:` or `https:` contact.
+    pub vapid_contact: String,
+    #[serde(default)]
+    pub allowed_endpoints: Option<Vec<String>>,
+    /// `TTL` header in seconds; 900 when absent.
+    #[serde(default)]
+    pub ttl: Option<u64>,
+}
+
+/// `"type": "unifiedpush"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnifiedPushConfig {
+    #[serde(default)]
+    pub allowed_endpoints: Option<Vec<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One entry of `APPS`, before its secrets are read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum AppConfig {
+    Apns(ApnsConfig),
+    Fcm(FcmConfig),
+    Webpush(WebPushConfig),
+    Unifiedpush(UnifiedPushConfig),
+}
+
+impl AppConfig {
+    /// Parse one entry; the error names the field at fault.
+    pub fn parse(value: &Value) -> Result<Self, String> {
+        let obj = value.as_object().ok_or("the entry must be a JSON object")?;
+        match obj.get("type") {
+            None => return Err("missing field `type` (one of apns, fcm, webpush, unifiedpush)".into()),
+            Some(Value::String(t)) if !["apns", "fcm", "webpush", "unifiedpush"].contains(&t.as_str()) => {
+                return Err(format!("unknown type {t:?} (expected one of apns, fcm, webpush, unifiedpush)"))
+            }
+            Some(Value::String(_)) => {}
+            Some(_) => return Err("field `type` must be a string".into()),
+        }
+        AppConfig::deserialize(value).map_err(|e| e.to_string())
+    }
+
+    /// The names of the secrets this entry reads.
+    pub fn secret_names(&self) -> Vec<&str> {
+        match self {
+            AppConfig::Apns(c) => vec![c.key_secret.as_str()],
+            AppConfig::Fcm(c) => vec![c.service_account_secret.as_str()],
+            AppConfig::Webpush(c) => vec![c.vapid_private_key_secret.as_str()],
+            AppConfig::Unifiedpush(_) => vec![],
+        }
+    }
+}
+
+/// A configured app id or glob, and what it resolved to.
+pub struct AppEntry {
+    pub pattern: String,
+    /// The usable app, or why this entry is broken (naming the field).
+    pub app: Result<Rc<App>, String>,
+}
+
+/// Where a device's `app_id` leads.
+pub enum Lookup<'a> {
+    Found(&'a Rc<App>),
+    /// The app's entry is broken: its devices are `Failed`, never `Rejected`.
+    Broken { pattern: &'a str, error: &'a str },
+    NoMatch,
+    /// More than one glob matched and no exact entry exists.
+    Ambiguous,
+}
+
+/// All configured apps, parsed once per isolate.
+pub struct Apps {
+    pub entries: Vec<AppEntry>,
+    /// A problem with `APPS` as a whole (absent, not JSON, not an object).
+    pub global_error: Option<String>,
+}
+
+impl Apps {
+    /// Parse `APPS` (a JSON object, or a string holding one) and load each
+    /// app's credentials from `secrets`.
+    pub fn load(apps: Option<&Value>, secrets: &dyn Secrets) -> Self {
+        let parsed;
+        let object = match apps {
+            None => return Self::broken("APPS is not set: add it to wrangler.toml [vars] or .dev.vars"),
+            Some(Value::Object(o)) => o,
+            Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                Ok(Value::Object(o)) => {
+                    parsed = o;
+                    &parsed
+                }
+                Ok(_) => return Self::broken("APPS must be a JSON object keyed by app id"),
+                Err(e) => return Self::broken(&format!("APPS is not valid JSON: {e}")),
+            },
+            Some(_) => return Self::broken("APPS must be a JSON object keyed by app id"),
+        };
+        let entries = object
+            .iter()
+            .map(|(pattern, value)| AppEntry {
+                pattern: pattern.clone(),
+                app: AppConfig::parse(value)
+                    .and_then(|config| App::load(config, secrets))
+                    .map(Rc::new),
+            })
+            .collect();
+        Self { entries, global_error: None }
+    }
+
+    fn broken(error: &str) -> Self {
+        Self { entries: Vec::new(), global_error: Some(error.to_string()) }
+    }
+
+    fn found(e: &AppEntry) -> Lookup<'_> {
+        match &e.app {
+            Ok(app) => Lookup::Found(app),
+            Err(error) => Lookup::Broken { pattern: &e.pattern, error },
+        }
+    }
+
+    /// Exact id first, then globs; two matching globs are ambiguous.
+    pub fn find(&self, app_id: &str) -> Lookup<'_> {
+        if let Some(exact) = self.entries.iter().find(|e| e.pattern == app_id) {
+            return Self::found(exact);
+        }
+        let mut globs = self.entries.iter().filter(|e| is_glob(&e.pattern) && glob_matches(&e.pattern, app_id));
+        match (globs.next(), globs.next()) {
+            (Some(only), None) => Self::found(only),
+            (Some(_), Some(_)) => Lookup::Ambiguous,
+            (None, _) => Lookup::NoMatch,
+        }
+    }
+
+    /// Per-app status for `/health`: `"ok"` or the entry's error.
+    pub fn health(&self) -> BTreeMap<String, String> {
+        self.entries
+            .iter()
+            .map(|e| (e.pattern.clone(), e.app.as_ref().map_or_else(Clone::clone, |_| "ok".to_string())))
+            .collect()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.global_error.is_none() && self.entries.iter().all(|e| e.app.is_ok())
+    }
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+/// Case-sensitive glob over the whole id: `*` any run, `?` one character.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matcher with backtracking to the last `*`: linear in practice,
+    // never exponential.
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == '?' || Some(&c) == t.get(ti) => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..).is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn glob_rules() {
+        assert!(glob_matches("chat.fluffy.fluffychat.*", "chat.fluffy.fluffychat.dev1"));
+        assert!(glob_matches("*.up", "im.app.up"));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "abbc"));
+        assert!(!glob_matches("com.Example.*", "com.example.x"), "case-sensitive");
+        assert!(!glob_matches("com.example", "com.example.ios"), "whole id");
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn settings_defaults_and_overrides() {
+        let (s, w) = Settings::from_vars(|_| None);
+        assert_eq!(s, Settings::default());
+        assert!(w.is_empty());
+        let (s, w) = Settings::from_vars(|k| match k {
+            "MAX_DEVICES" => Some("5".into()),
+            "RETRY_BASE_MS" => Some("0".into()),
+            "MAX_TRIES" => Some("lots".into()),
+            _ => None,
+        });
+        assert_eq!(s.max_devices, 5);
+        assert_eq!(s.retry_base_ms, 0);
+        assert_eq!(s.max_tries, 3);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("MAX_TRIES"));
+    }
+
+    #[test]
+    fn origin_parsing() {
+        assert_eq!(Origin::parse("http://127.0.0.1:9000/").unwrap().as_str(), "http://127.0.0.1:9000");
+        assert!(Origin::parse("https://api.push.apple.com").is_ok());
+        assert!(Origin::parse("api.push.apple.com").is_err());
+        assert!(Origin::parse("https://host/path").is_err());
+        assert!(Origin::parse("ftp://host").is_err());
+    }
+
+    #[test]
+    fn app_config_errors_name_the_field() {
+        let cases = [
+            (json!(1), "object"),
+            (json!({}), "type"),
+            (json!({"type": "gcm"}), "gcm"),
+            (json!({"type": 3}), "type"),
+            (json!({"type": "apns", "team_id": "T", "key_id": "K", "key_secret": "S"}), "topic"),
+            (json!({"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "S", "platform": "prod"}), "prod"),
+            (json!({"type": "fcm", "project_id": "p"}), "service_account_secret"),
+            (json!({"type": "fcm", "project_id": "p", "service_account_secret": "S", "url": "nope"}), "nope"),
+            (json!({"type": "unifiedpush", "allowed_endpoint": []}), "allowed_endpoint"),
+        ];
+        for (value, needle) in cases {
+            let err = AppConfig::parse(&value).unwrap_err();
+            assert!(err.contains(needle), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let apps = json!({
+          "com.example.app.ios": {
+            "type": "apns", "platform": "production", "topic": "com.example.app",
+            "team_id": "TEAM123456", "key_id": "KEY1234567", "key_secret": "APNS_KEY",
+            "push_type": "alert", "convert_device_token_to_hex": true, "ttl": 86400
+          },
+          "com.example.app.android": {
+            "type": "fcm", "project_id": "example-123",
+            "service_account_secret": "FCM_SERVICE_ACCOUNT", "fcm_options": {}
+          },
+          "com.example.web": {
+            "type": "webpush", "vapid_private_key_secret": "VAPID_KEY",
+            "vapid_contact": "mailto:ops@example.com", "allowed_endpoints": ["*.push.example.net"]
+          },
+          "*.up": { "type": "unifiedpush", "allowed_endpoints": ["ntfy.example.net"] }
+        });
+        for (id, v) in apps.as_object().unwrap() {
+            AppConfig::parse(v).unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! edgepush: a Matrix Push Gateway for Cloudflare Workers.
+//!
+//! Everything but the worker shell (`shell`, `http`) is plain Rust that
+//! builds and tests on the host.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod notify;
+pub mod providers;
+pub mod tokens;

@@ -1,0 +1,273 @@
+//! The push providers, each behind the same small interface.
+//!
+//! A provider is pure: it builds the request for one device (`prepare`),
+//! mints or requests its credential (`mint`, `finish_exchange`), attaches it
+//! (`authorize`) and reads the provider's answer (`classify`). The dispatcher
+//! (`crate::dispatch`) does all I/O, retries and caching around these.
+
+pub mod apns;
+pub mod fcm;
+pub mod unifiedpush;
+pub mod webpush;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::AppConfig;
+use crate::notify::{Device, Notification};
+
+/// Where an app's credentials come from (`wrangler secret`, `.dev.vars`).
+pub trait Secrets {
+    fn secret(&self, name: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> Secrets for F {
+    fn secret(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// Read a named secret or say which one is missing.
+pub fn require_secret(secrets: &dyn Secrets, field: &str, name: &str) -> Result<String, String> {
+    secrets
+        .secret(name)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("{field}: the secret {name:?} is not set (wrangler secret put {name})"))
+}
+
+/// Seconds since the Unix epoch: time is passed in, never read here, so the
+/// core runs the same on the host and in wasm.
+pub type UnixSecs = u64;
+
+/// An HTTP request to a provider, built once and sent as is on every try.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutRequest {
+    pub url: String,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl OutRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Replace or add a header.
+    pub fn set_header(&mut self, name: &str, value: String) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_ascii_lowercase(), value));
+    }
+}
+
+/// Requests carry credentials: their `Debug` shows the URL and header names only.
+impl fmt::Debug for OutRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("OutRequest")
+            .field("url", &self.url)
+            .field("headers", &names)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// What a provider answered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProviderResponse {
+    pub status: u16,
+    /// Header names in lowercase.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The most a `Retry-After` may make us wait inside one request.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3);
+
+impl ProviderResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// `Retry-After` in seconds (HTTP dates are ignored), capped.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let secs: u64 = self.header("retry-after")?.trim().parse().ok()?;
+        Some(Duration::from_secs(secs).min(RETRY_AFTER_CAP))
+    }
+}
+
+/// How one send ended, before retries are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider took it.
+    Delivered,
+    /// The pushkey is dead: list it in `rejected`.
+    Rejected,
+    /// Our token was refused as stale: mint a new one and retry once.
+    StaleCredentials,
+    /// 429, 5xx, timeouts, network errors: retry shortly, then 502.
+    Transient { retry_after: Option<Duration> },
+    /// Our side is wrong (credentials, config, payload): 502 without retry.
+    Failed,
+}
+
+/// An outcome and a short reason for the log (never a secret or a whole pushkey).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reason: String,
+}
+
+impl Verdict {
+    pub fn new(outcome: Outcome, reason: impl Into<String>) -> Self {
+        Self { outcome, reason: reason.into() }
+    }
+    pub fn delivered() -> Self {
+        Self::new(Outcome::Delivered, "")
+    }
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Self::new(Outcome::Rejected, reason)
+    }
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::new(Outcome::Failed, reason)
+    }
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::new(Outcome::Transient { retry_after: None }, reason)
+    }
+}
+
+/// A device's request, ready but for its credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub request: OutRequest,
+    /// The cache key of the credential this request needs (`None`: no auth).
+    /// Requests with the same key share one token.
+    pub token_key: Option<String>,
+}
+
+/// A credential and until when it may be used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MintedToken {
+    pub value: String,
+    /// Use until this second (exclusive).
+    pub valid_until: UnixSecs,
+}
+
+impl fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MintedToken(<redacted>, valid_until={})", self.valid_until)
+    }
+}
+
+/// How a credential is obtained.
+#[derive(Debug)]
+pub enum Mint {
+    /// Signed locally (APNs provider token, VAPID).
+    Ready(MintedToken),
+    /// Exchanged over HTTP (FCM OAuth): send this, then `finish_exchange`.
+    Exchange(OutRequest),
+}
+
+/// A configured app with its credentials loaded.
+pub enum App {
+    Apns(apns::ApnsApp),
+    Fcm(fcm::FcmApp),
+    WebPush(webpush::WebPushApp),
+    UnifiedPush(unifiedpush::UnifiedPushApp),
+}
+
+impl App {
+    /// Build an app from its config entry, reading and parsing its secrets.
+    /// The error names the field or secret at fault.
+    pub fn load(config: AppConfig, secrets: &dyn Secrets) -> Result<Self, String> {
+        Ok(match config {
+            AppConfig::Apns(c) => App::Apns(apns::ApnsApp::new(c, secrets)?),
+            AppConfig::Fcm(c) => App::Fcm(fcm::FcmApp::new(c, secrets)?),
+            AppConfig::Webpush(c) => App::WebPush(webpush::WebPushApp::new(c, secrets)?),
+            AppConfig::Unifiedpush(c) => App::UnifiedPush(unifiedpush::UnifiedPushApp::new(c)?),
+        })
+    }
+
+    /// The provider's name, for logs and metrics.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            App::Apns(_) => "apns",
+            App::Fcm(_) => "fcm",
+            App::WebPush(_) => "webpush",
+            App::UnifiedPush(_) => "unifiedpush",
+        }
+    }
+
+    /// The request for one device, or an outcome decided without sending
+    /// (e.g. an undecodable pushkey is `Rejected`).
+    pub fn prepare(&self, n: &Notification, d: &Device, now: UnixSecs) -> Result<Prepared, Verdict> {
+        match self {
+            App::Apns(a) => a.prepare(n, d, now),
+            App::Fcm(a) => a.prepare(n, d, now),
+            App::WebPush(a) => a.prepare(n, d, now),
+            App::UnifiedPush(a) => a.prepare(n, d, now),
+        }
+    }
+
+    /// Mint the credential named by `prepared.token_key`.
+    pub fn mint(&self, prepared: &Prepared, now: UnixSecs) -> Result<Mint, Verdict> {
+        match self {
+            App::Apns(a) => a.mint(now).map(Mint::Ready),
+            App::Fcm(a) => a.token_request(now).map(Mint::Exchange),
+            App::WebPush(a) => a.mint(prepared, now).map(Mint::Ready),
+            App::UnifiedPush(_) => Err(Verdict::failed("unifiedpush sends need no credential")),
+        }
+    }
+
+    /// Read the answer of a `Mint::Exchange` request.
+    pub fn finish_exchange(&self, response: &ProviderResponse, now: UnixSecs) -> Result<MintedToken, Verdict> {
+        match self {
+            App::Fcm(a) => a.read_token_response(response, now),
+            _ => Err(Verdict::failed("this provider has no token exchange")),
+        }
+    }
+
+    /// The request with its credential attached.
+    pub fn authorize(&self, request: &OutRequest, token: &str) -> OutRequest {
+        let mut out = request.clone();
+        match self {
+            App::Apns(_) => out.set_header("authorization", format!("bearer {token}")),
+            App::Fcm(_) => out.set_header("authorization", format!("Bearer {token}")),
+            App::WebPush(a) => out.set_header("authorization", a.authorization(token)),
+            App::UnifiedPush(_) => {}
+        }
+        out
+    }
+
+    /// What the provider's answer means for this device.
+    pub fn classify(&self, response: &ProviderResponse) -> Verdict {
+        match self {
+            App::Apns(_) => apns::classify(response),
+            App::Fcm(_) => fcm::classify(response),
+            App::WebPush(_) => webpush::classify(response),
+            App::UnifiedPush(_) => unifiedpush::classify(response),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_capped_and_tolerant() {
+        let with = |v: &str| ProviderResponse { status: 429, headers: vec![("retry-after".into(), v.into())], body: vec![] };
+        assert_eq!(with("1").retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(with("3600").retry_after(), Some(RETRY_AFTER_CAP));
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT").retry_after(), None);
+        assert_eq!(ProviderResponse::default().retry_after(), None);
+    }
+
+    #[test]
+    fn out_request_debug_hides_header_values() {
+        let mut r = OutRequest { url: "https://x".into(), headers: vec![], body: vec![] };
+        r.set_header("Authorization", "bearer SECRET".into());
+        assert_eq!(r.header("authorization"), Some("bearer SECRET"));
+        assert!(!format!("{r:?}").contains("SECRET"));
+    }
+}
