@@ -271,3 +271,9 @@ mod tests {
         assert!(!format!("{r:?}").contains("SECRET"));
     }
 }
+
+/// A PEM as stored in a secret. `.dev.vars` and some CI systems keep a PEM
+/// on one line with literal `\n`; both forms are accepted.
+pub fn normalize_pem(raw: &str) -> String {
+    raw.trim().replace("\\n", "\n")
+}
