@@ -5,7 +5,14 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod endpoints;
 pub mod error;
 pub mod notify;
 pub mod providers;
+pub mod routes;
 pub mod tokens;
+
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod shell;
