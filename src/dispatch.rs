@@ -1,0 +1,282 @@
+//! One notification, fanned out to its devices concurrently; each device ends
+//! in one outcome, and `reply` alone turns outcomes into the answer.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use crate::config::{Apps, Lookup, Settings};
+use crate::error::{ApiError, Reply};
+use crate::notify::{Device, Notification};
+use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict};
+use crate::tokens::{TokenCache, TokenSource};
+
+/// The I/O the dispatcher needs; the worker shell implements it with `fetch`,
+/// KV and timers, the host tests with fakes.
+#[allow(async_fn_in_trait)]
+pub trait Transport {
+    /// Send one request (no redirects followed, bounded by `SEND_TIMEOUT_MS`).
+    /// `Err` is a network error or timeout.
+    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String>;
+    async fn sleep(&self, ms: u64);
+    fn now_ms(&self) -> u64;
+    /// A number in `[0, 1)` for jitter.
+    fn random(&self) -> f64;
+    async fn kv_get(&self, key: &str) -> Option<String>;
+    async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64);
+}
+
+/// No retry starts after this much time in one request: the homeserver's
+/// own timeout should not fire while we are still trying.
+pub const REQUEST_BUDGET_MS: u64 = 25_000;
+/// The longest pause between two tries.
+pub const MAX_BACKOFF_MS: u64 = 3_000;
+
+/// Where a device ended, and how, for the answer and the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceReport {
+    pub app_id: String,
+    /// Shortened: a log never carries a whole pushkey.
+    pub pushkey: String,
+    pub provider: &'static str,
+    pub outcome: FinalOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub tries: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenSource>,
+    pub ms: u64,
+}
+
+/// A device's final outcome, after retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalOutcome {
+    Delivered,
+    Rejected,
+    Transient,
+    Failed,
+}
+
+/// Everything one `/notify` needs besides the notification.
+pub struct Dispatcher<'a, T: Transport> {
+    pub transport: &'a T,
+    pub apps: &'a Apps,
+    pub settings: &'a Settings,
+    pub tokens: &'a TokenCache,
+}
+
+impl<T: Transport> Dispatcher<'_, T> {
+    /// Deliver to every device concurrently; reports keep the devices' order.
+    pub async fn dispatch(&self, n: &Notification) -> Vec<(Device, DeviceReport)> {
+        let started = self.transport.now_ms();
+        let reports = join_all(n.devices.iter().map(|d| self.deliver(n, d, started))).await;
+        n.devices.iter().cloned().zip(reports).collect()
+    }
+
+    async fn deliver(&self, n: &Notification, d: &Device, request_started: u64) -> DeviceReport {
+        let started = self.transport.now_ms();
+        let mut report = DeviceReport {
+            app_id: d.app_id.clone(),
+            pushkey: d.pushkey.short(),
+            provider: "none",
+            outcome: FinalOutcome::Rejected,
+            status: None,
+            reason: String::new(),
+            tries: 0,
+            token: None,
+            ms: 0,
+        };
+        let app = match self.apps.find(&d.app_id) {
+            Lookup::Found(app) => app,
+            Lookup::NoMatch => return finish(report, Verdict::rejected("no app configured for this app_id"), started, self.transport),
+            Lookup::Ambiguous => return finish(report, Verdict::rejected("app_id matches more than one glob"), started, self.transport),
+            Lookup::Broken { pattern, error } => {
+                let verdict = Verdict::failed(format!("app {pattern:?} is misconfigured: {error}"));
+                return finish(report, verdict, started, self.transport);
+            }
+        };
+        report.provider = app.provider();
+        let verdict = self.deliver_to(app, n, d, request_started, &mut report).await;
+        finish(report, verdict, started, self.transport)
+    }
+
+    /// The send loop: credentials, retries with backoff, one re-mint on
+    /// stale credentials. The request bytes are built once.
+    async fn deliver_to(
+        &self,
+        app: &App,
+        n: &Notification,
+        d: &Device,
+        request_started: u64,
+        report: &mut DeviceReport,
+    ) -> Verdict {
+        let now = self.transport.now_ms() / 1000;
+        let prepared = match app.prepare(n, d, now) {
+            Ok(p) => p,
+            Err(verdict) => return verdict,
+        };
+        let mut reminted = false;
+        let mut used_token: Option<String> = None;
+        loop {
+            let request = match &prepared.token_key {
+                None => prepared.request.clone(),
+                Some(key) => match self.tokens.get(self.transport, app, &prepared, key, reminted).await {
+                    Ok((token, source)) => {
+                        report.token = Some(source);
+                        used_token = Some(token.value.clone());
+                        app.authorize(&prepared.request, &token.value)
+                    }
+                    Err(verdict) => {
+                        // A failed token fetch counts as a try, so a dead
+                        // token endpoint cannot keep a device looping.
+                        report.tries += 1;
+                        match self.retry_or_stop(verdict, report, request_started).await {
+                            Some(done) => return done,
+                            None => continue,
+                        }
+                    }
+                },
+            };
+            report.tries += 1;
+            let verdict = match self.transport.send(&request).await {
+                Ok(response) => {
+                    report.status = Some(response.status);
+                    app.classify(&response)
+                }
+                Err(e) => Verdict::transient(format!("network: {e}")),
+            };
+            if verdict.outcome == Outcome::StaleCredentials {
+                if reminted {
+                    return Verdict::failed(format!("credentials refused again after a new token: {}", verdict.reason));
+                }
+                reminted = true;
+                if let (Some(key), Some(token)) = (&prepared.token_key, &used_token) {
+                    self.tokens.invalidate(key, token);
+                }
+                continue;
+            }
+            if let Some(done) = self.retry_or_stop(verdict, report, request_started).await {
+                return done;
+            }
+        }
+    }
+
+    /// `Some(verdict)` when the device is done; `None` after waiting for the
+    /// next try of a transient failure.
+    async fn retry_or_stop(&self, verdict: Verdict, report: &mut DeviceReport, request_started: u64) -> Option<Verdict> {
+        let Outcome::Transient { retry_after } = verdict.outcome else {
+            return Some(verdict);
+        };
+        if report.tries >= self.settings.max_tries {
+            return Some(verdict);
+        }
+        let wait = backoff_ms(self.settings.retry_base_ms, report.tries, retry_after, self.transport.random());
+        let elapsed = self.transport.now_ms().saturating_sub(request_started);
+        if elapsed + wait + self.settings.send_timeout_ms > REQUEST_BUDGET_MS.max(self.settings.send_timeout_ms) {
+            return Some(verdict);
+        }
+        self.transport.sleep(wait).await;
+        None
+    }
+}
+
+fn finish<T: Transport>(mut report: DeviceReport, verdict: Verdict, started: u64, transport: &T) -> DeviceReport {
+    report.outcome = match verdict.outcome {
+        Outcome::Delivered => FinalOutcome::Delivered,
+        Outcome::Rejected => FinalOutcome::Rejected,
+        Outcome::Transient { .. } => FinalOutcome::Transient,
+        // A stale credential that survived the re-mint is our problem.
+        Outcome::StaleCredentials | Outcome::Failed => FinalOutcome::Failed,
+    };
+    report.reason = verdict.reason;
+    report.ms = transport.now_ms().saturating_sub(started);
+    report
+}
+
+/// Exponential backoff with jitter, at least `Retry-After`, capped.
+pub fn backoff_ms(base_ms: u64, tries_so_far: u32, retry_after: Option<Duration>, random: f64) -> u64 {
+    let exp = base_ms.saturating_mul(1u64 << tries_so_far.saturating_sub(1).min(16));
+    // Full jitter on half the delay: retries from many isolates spread out.
+    let jittered = exp / 2 + ((exp / 2) as f64 * random.clamp(0.0, 1.0)) as u64;
+    let floor = retry_after.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    jittered.max(floor).min(MAX_BACKOFF_MS)
+}
+
+/// The answer to the homeserver: the only place that decides between 200 and
+/// 502. 200 only when every device was delivered or rejected.
+pub fn reply(reports: &[(Device, DeviceReport)]) -> Reply {
+    let mut rejected = Vec::new();
+    let (mut transient, mut failed) = (0usize, 0usize);
+    for (device, report) in reports {
+        match report.outcome {
+            FinalOutcome::Delivered => {}
+            FinalOutcome::Rejected => rejected.push(device.pushkey.as_str().to_string()),
+            FinalOutcome::Transient => transient += 1,
+            FinalOutcome::Failed => failed += 1,
+        }
+    }
+    if transient + failed == 0 {
+        return Reply::ok(serde_json::json!({ "rejected": rejected }));
+    }
+    ApiError::Upstream(format!(
+        "{transient} device(s) failed transiently and {failed} failed on the gateway's side; retry later"
+    ))
+    .to_reply()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::notify::Pushkey;
+
+    fn report(outcome: FinalOutcome) -> DeviceReport {
+        DeviceReport {
+            app_id: "a".into(),
+            pushkey: "k…".into(),
+            provider: "apns",
+            outcome,
+            status: None,
+            reason: String::new(),
+            tries: 1,
+            token: None,
+            ms: 0,
+        }
+    }
+
+    fn device(key: &str) -> Device {
+        Device {
+            app_id: "a".into(),
+            pushkey: Pushkey(key.into()),
+            pushkey_ts: None,
+            data: Default::default(),
+            tweaks: Default::default(),
+        }
+    }
+
+    #[test]
+    fn reply_is_200_with_rejected_only_when_all_settled() {
+        let r = reply(&[(device("a"), report(FinalOutcome::Delivered)), (device("b"), report(FinalOutcome::Rejected))]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, serde_json::json!({"rejected": ["b"]}));
+        for bad in [FinalOutcome::Transient, FinalOutcome::Failed] {
+            let r = reply(&[(device("a"), report(FinalOutcome::Rejected)), (device("b"), report(bad))]);
+            assert_eq!(r.status, 502);
+            assert_eq!(r.body["errcode"], "M_UNKNOWN");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_honours_retry_after_and_is_capped() {
+        assert_eq!(backoff_ms(200, 1, None, 1.0), 200);
+        assert_eq!(backoff_ms(200, 2, None, 1.0), 400);
+        assert_eq!(backoff_ms(200, 2, None, 0.0), 200);
+        assert_eq!(backoff_ms(200, 1, Some(Duration::from_secs(2)), 0.0), 2000);
+        assert_eq!(backoff_ms(200, 30, None, 1.0), MAX_BACKOFF_MS);
+        assert_eq!(backoff_ms(0, 1, None, 0.5), 0);
+    }
+}

@@ -1,0 +1,103 @@
+//! The HTTP surface: which request goes where, and the answers that need no
+//! provider. Pure, so the routing table is tested on the host.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::Apps;
+use crate::dispatch::DeviceReport;
+use crate::error::{ApiError, Reply};
+
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+pub const HEALTH_PATH: &str = "/health";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Notify,
+    Discovery,
+    Health,
+}
+
+/// Method and path to a route, or the Matrix error for it (404 unknown
+/// path, 405 known path with the wrong method).
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    match (method, path) {
+        ("POST", NOTIFY_PATH) => Ok(Route::Notify),
+        ("GET" | "HEAD", NOTIFY_PATH) => Ok(Route::Discovery),
+        ("GET" | "HEAD", HEALTH_PATH) => Ok(Route::Health),
+        (_, NOTIFY_PATH | HEALTH_PATH) => {
+            Err(ApiError::MethodNotAllowed { method: method.to_string(), path: path.to_string() })
+        }
+        _ => Err(ApiError::Unrecognized(path.chars().take(200).collect())),
+    }
+}
+
+/// UnifiedPush's gateway discovery: "a GET on the notify path answers
+/// `{"unifiedpush":{"gateway":"matrix"}}`".
+pub fn discovery() -> Reply {
+    Reply::ok(json!({ "gateway": "matrix", "unifiedpush": { "gateway": "matrix" } }))
+}
+
+/// `GET /health`: 200 when every app loaded, else 503 naming each broken one.
+pub fn health(apps: &Apps, token_store_bound: bool) -> Reply {
+    let healthy = apps.is_healthy();
+    let mut body = json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "apps": apps.health(),
+        "token_cache": if token_store_bound { "kv" } else { "memory only: bind a KV namespace as TOKENS to share tokens" },
+    });
+    if let (Some(error), Some(obj)) = (&apps.global_error, body.as_object_mut()) {
+        obj.insert("error".into(), json!(error));
+    }
+    Reply { status: if healthy { 200 } else { 503 }, body }
+}
+
+/// The one log line written per `/notify`.
+#[derive(Debug, Serialize)]
+pub struct NotifyLog<'a> {
+    pub msg: &'static str,
+    pub request_id: &'a str,
+    pub status: u16,
+    pub ms: u64,
+    pub devices: &'a [DeviceReport],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_table() {
+        assert_eq!(route("POST", NOTIFY_PATH), Ok(Route::Notify));
+        assert_eq!(route("GET", NOTIFY_PATH), Ok(Route::Discovery));
+        assert_eq!(route("GET", HEALTH_PATH), Ok(Route::Health));
+        assert_eq!(route("PUT", NOTIFY_PATH).unwrap_err().status_errcode(), (405, "M_UNRECOGNIZED"));
+        assert_eq!(route("POST", HEALTH_PATH).unwrap_err().status_errcode(), (405, "M_UNRECOGNIZED"));
+        assert_eq!(route("GET", "/").unwrap_err().status_errcode(), (404, "M_UNRECOGNIZED"));
+        assert_eq!(route("POST", "/_matrix/push/v1/notify/").unwrap_err().status_errcode(), (404, "M_UNRECOGNIZED"));
+    }
+
+    #[test]
+    fn discovery_shape() {
+        assert_eq!(discovery().body["unifiedpush"]["gateway"], "matrix");
+    }
+
+    #[test]
+    fn health_reports_broken_apps() {
+        let secrets = |_: &str| -> Option<String> { None };
+        let apps = Apps::load(Some(&json!({"x": {"type": "nope"}})), &secrets);
+        let r = health(&apps, true);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body["status"], "degraded");
+        assert!(r.body["apps"]["x"].as_str().unwrap().contains("nope"));
+        let missing = health(&Apps::load(None, &secrets), false);
+        assert_eq!(missing.status, 503);
+        assert!(missing.body["error"].as_str().unwrap().contains("APPS"));
+        let ok = health(&Apps::load(Some(&json!({})), &secrets), true);
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.body["status"], "ok");
+    }
+}

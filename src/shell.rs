@@ -1,0 +1,134 @@
+//! The worker entry: routing, the request body, env and bindings. All
+//! decisions are made by the core modules; this file only wires them to
+//! workerd.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use futures_util::StreamExt;
+use worker::{console_error, console_log, event, js_sys, Context, Env, Request, Response, Result};
+
+use crate::config::{Apps, Settings};
+use crate::dispatch::{self, Dispatcher, Transport};
+use crate::error::{ApiError, Reply};
+use crate::http::WorkerTransport;
+use crate::notify::parse_notify;
+use crate::routes::{self, NotifyLog, Route};
+use crate::tokens::TokenCache;
+
+/// What an isolate parses once and keeps: `APPS` with its keys, the knobs,
+/// and the token memory.
+struct Isolate {
+    apps: Apps,
+    settings: Settings,
+    tokens: TokenCache,
+}
+
+thread_local! {
+    static ISOLATE: OnceCell<Rc<Isolate>> = const { OnceCell::new() };
+}
+
+fn isolate(env: &Env) -> Rc<Isolate> {
+    ISOLATE.with(|cell| cell.get_or_init(|| Rc::new(load(env))).clone())
+}
+
+fn load(env: &Env) -> Isolate {
+    let var = |name: &str| env.var(name).ok().map(|v| v.to_string());
+    let (settings, warnings) = Settings::from_vars(var);
+    for warning in warnings {
+        console_error!("{}", serde_json::json!({ "msg": "config warning", "warning": warning }));
+    }
+    let secret = |name: &str| env.secret(name).ok().map(|v| v.to_string());
+    let apps_value = env.object_var::<serde_json::Value>("APPS").ok();
+    let apps = Apps::load(apps_value.as_ref(), &secret);
+    if let Some(error) = &apps.global_error {
+        console_error!("{}", serde_json::json!({ "msg": "APPS is broken", "error": error }));
+    }
+    for entry in &apps.entries {
+        if let Err(error) = &entry.app {
+            console_error!("{}", serde_json::json!({ "msg": "app misconfigured", "app": entry.pattern, "error": error }));
+        }
+    }
+    Isolate { apps, settings, tokens: TokenCache::default() }
+}
+
+#[event(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    let reply = match routes::route(req.method().as_ref(), &req.path()) {
+        Ok(Route::Notify) => notify(req, &env).await,
+        Ok(Route::Discovery) => routes::discovery(),
+        Ok(Route::Health) => routes::health(&isolate(&env).apps, env.kv("TOKENS").is_ok()),
+        Err(e) => e.to_reply(),
+    };
+    into_response(&reply)
+}
+
+fn into_response(reply: &Reply) -> Result<Response> {
+    Ok(Response::from_json(&reply.body)?.with_status(reply.status))
+}
+
+async fn notify(mut req: Request, env: &Env) -> Reply {
+    let state = isolate(env);
+    let transport = WorkerTransport { kv: env.kv("TOKENS").ok(), send_timeout_ms: state.settings.send_timeout_ms };
+    let started = transport.now_ms();
+    let request_id = req
+        .headers()
+        .get("cf-ray")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format!("{:016x}", (js_sys::Math::random() * (u64::MAX as f64)) as u64));
+
+    let parsed = read_body(&mut req, state.settings.max_body_bytes)
+        .await
+        .and_then(|body| parse_notify(&body, state.settings.max_devices));
+    let (reply, reports) = match parsed {
+        Err(e) => (e.to_reply(), Vec::new()),
+        Ok(n) => {
+            let dispatcher =
+                Dispatcher { transport: &transport, apps: &state.apps, settings: &state.settings, tokens: &state.tokens };
+            let results = dispatcher.dispatch(&n).await;
+            let reply = dispatch::reply(&results);
+            (reply, results.into_iter().map(|(_, report)| report).collect())
+        }
+    };
+    let log = NotifyLog {
+        msg: "notify",
+        request_id: &request_id,
+        status: reply.status,
+        ms: transport.now_ms().saturating_sub(started),
+        devices: &reports,
+        error: (reply.status != 200).then(|| reply.body["error"].as_str().unwrap_or_default().to_string()),
+    };
+    match serde_json::to_string(&log) {
+        Ok(line) if reply.status >= 500 => console_error!("{line}"),
+        Ok(line) => console_log!("{line}"),
+        Err(_) => {}
+    }
+    reply
+}
+
+/// The body, read no further than `max` bytes.
+async fn read_body(req: &mut Request, max: usize) -> std::result::Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("the body is over {max} bytes"));
+    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let Ok(mut stream) = req.stream() else {
+        return Ok(body);
+    };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
