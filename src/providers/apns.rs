@@ -1,25 +1,972 @@
-//! STUB: replaced by the provider's implementation.
+//! Apple Push Notification service with token auth (DESIGN.md "Providers →
+//! APNs"). Pure: the dispatcher sends what `prepare` builds, with the token
+//! `mint` signs, and hands the answer to `classify`.
 
-use crate::config::ApnsConfig;
-use crate::notify::{Device, Notification};
-use super::{MintedToken, OutRequest, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
+use std::fmt;
 
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+use jwt_compact::alg::Es256;
+use jwt_compact::{AlgorithmExt as _, Claims, Header};
+use p256::ecdsa::SigningKey;
+use p256::pkcs8::DecodePrivateKey as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
+use crate::config::{ApnsConfig, ApnsPlatform};
+use crate::notify::{Device, Kind, Notification, Prio};
+
+const PRODUCTION_ORIGIN: &str = "https://api.push.apple.com";
+const SANDBOX_ORIGIN: &str = "https://api.sandbox.push.apple.com";
+
+/// "The maximum size of a notification payload is 4 KB (4096 bytes)."
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// Provider tokens are shared by every isolate for one window of this length.
+pub const TOKEN_WINDOW_SECS: u64 = 1800;
+
+/// Marks a text that was cut to fit the payload limit.
+const ELLIPSIS: &str = "…";
+
+/// `apns-push-type` when the app sets none.
+const DEFAULT_PUSH_TYPE: &str = "alert";
+
+/// Standard base64 as Sygnal decodes it: padding optional, and (like
+/// Python's `b64decode`) non-zero trailing bits tolerated.
+const PUSHKEY_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// The `.p8` signing key; its `Debug` never shows it.
+struct ProviderKey(SigningKey);
+
+impl fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An APNs app with its signing key loaded.
 pub struct ApnsApp {
     pub config: ApnsConfig,
+    key: ProviderKey,
 }
 
-impl ApnsApp {
-    pub fn new(config: ApnsConfig, _secrets: &dyn Secrets) -> Result<Self, String> {
-        Ok(Self { config })
-    }
-    pub fn prepare(&self, _n: &Notification, _d: &Device, _now: UnixSecs) -> Result<Prepared, Verdict> {
-        Err(Verdict::failed("apns is not implemented yet"))
+impl fmt::Debug for ApnsApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApnsApp").field("config", &self.config).field("key", &self.key).finish()
     }
 }
 
-pub fn classify(_response: &ProviderResponse) -> Verdict {
-    Verdict::failed("not implemented")
-}
 impl ApnsApp {
-    pub fn mint(&self, _now: UnixSecs) -> Result<MintedToken, Verdict> { Err(Verdict::failed("todo")) }
+    /// Load the `.p8` key named by `key_secret`. Errors name the field and
+    /// never carry key material.
+    pub fn new(config: ApnsConfig, secrets: &dyn Secrets) -> Result<Self, String> {
+        for (field, value) in [("topic", &config.topic), ("team_id", &config.team_id), ("key_id", &config.key_id)] {
+            if value.trim().is_empty() {
+                return Err(format!("{field}: must not be empty"));
+            }
+        }
+        let pem = super::normalize_pem(&super::require_secret(secrets, "key_secret", &config.key_secret)?);
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+            format!(
+                "key_secret: the secret {:?} is not a PKCS#8 P-256 private key (an APNs .p8 PEM): {e}",
+                config.key_secret
+            )
+        })?;
+        Ok(Self { config, key: ProviderKey(key) })
+    }
+
+    /// The request for one device, or a verdict reached without sending.
+    pub fn prepare(&self, n: &Notification, d: &Device, now: UnixSecs) -> Result<Prepared, Verdict> {
+        let token = device_token(d, self.config.convert_device_token_to_hex)?;
+        let body = serde_json::to_vec(&payload(n, d)?)
+            .map_err(|e| Verdict::failed(format!("apns payload does not serialize: {e}")))?;
+        let push_type = self.push_type();
+        let mut headers = vec![
+            ("apns-topic".to_string(), self.config.topic.clone()),
+            ("apns-push-type".to_string(), push_type.to_string()),
+            ("apns-priority".to_string(), priority(n.prio, push_type).to_string()),
+        ];
+        if let Some(ttl) = self.config.ttl {
+            headers.push(("apns-expiration".to_string(), now.saturating_add(ttl).to_string()));
+        }
+        headers.push(("content-type".to_string(), "application/json".to_string()));
+        Ok(Prepared {
+            request: OutRequest { url: format!("{}/3/device/{token}", self.origin()), headers, body },
+            token_key: Some(format!("apns:{}:{}", self.config.team_id, self.config.key_id)),
+        })
+    }
+
+    /// The provider token for the window `now` falls in: ES256, `kid` =
+    /// key_id, `iss` = team_id, `iat` = the window's start. APNs ignores
+    /// `exp`, so there is none; `valid_until` ends the token's use instead.
+    pub fn mint(&self, now: UnixSecs) -> Result<MintedToken, Verdict> {
+        let window = TokenWindow::containing(now);
+        let header = Header::empty().with_key_id(self.config.key_id.clone());
+        let claims = Claims::new(ProviderClaims { iss: &self.config.team_id, iat: window.start });
+        let value = Es256
+            .token(&header, &claims, &self.key.0)
+            .map_err(|e| Verdict::failed(format!("apns provider token cannot be signed: {e}")))?;
+        Ok(MintedToken { value, valid_until: window.end })
+    }
+
+    fn origin(&self) -> &str {
+        match (&self.config.url, self.config.platform) {
+            (Some(origin), _) => origin.as_str(),
+            (None, ApnsPlatform::Production) => PRODUCTION_ORIGIN,
+            (None, ApnsPlatform::Sandbox) => SANDBOX_ORIGIN,
+        }
+    }
+
+    fn push_type(&self) -> &str {
+        self.config.push_type.as_deref().unwrap_or(DEFAULT_PUSH_TYPE)
+    }
+}
+
+/// The provider token's own claims (the standard `iat` is set here as an
+/// integer so no clock type is needed).
+#[derive(Serialize)]
+struct ProviderClaims<'a> {
+    iss: &'a str,
+    iat: UnixSecs,
+}
+
+/// The span one provider token is used for.
+///
+/// DESIGN: "floor `iat` to the last 30-minute mark and use the token until the
+/// next mark (age ≤ 30 min, ≥ 20 min between mints)". Every isolate computes
+/// the same window, so they sign the same `iat` and share one token, which
+/// keeps APNs from answering `TooManyProviderTokenUpdates`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenWindow {
+    /// The `iat` claim: the last 30-minute mark at or before `now`.
+    pub start: UnixSecs,
+    /// The next mark: the token is used until then (exclusive).
+    pub end: UnixSecs,
+}
+
+impl TokenWindow {
+    pub fn containing(now: UnixSecs) -> Self {
+        let start = now - now % TOKEN_WINDOW_SECS;
+        Self { start, end: start.saturating_add(TOKEN_WINDOW_SECS) }
+    }
+}
+
+/// DESIGN: "`apns-priority` (10, or 5 when `prio` is low or the push is
+/// background)". Apple refuses priority 10 for background pushes.
+fn priority(prio: Prio, push_type: &str) -> u8 {
+    if prio == Prio::Low || push_type == "background" {
+        5
+    } else {
+        10
+    }
+}
+
+/// The token in the URL path.
+///
+/// DESIGN: "with `convert_device_token_to_hex` (default true, as Sygnal), the
+/// pushkey is standard base64 (padding optional) and is sent as lowercase hex;
+/// a pushkey that does not decode is `Rejected` without a send. Without it, the
+/// pushkey is sent as is" — as long as it cannot change the URL.
+fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
+    let pushkey = d.pushkey.as_str();
+    if convert_to_hex {
+        let bytes = PUSHKEY_BASE64
+            .decode(pushkey)
+            .map_err(|_| Verdict::rejected(format!("pushkey {} is not base64", d.pushkey.short())))?;
+        if bytes.is_empty() {
+            return Err(Verdict::rejected("pushkey is empty"));
+        }
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    } else {
+        let path_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+        if pushkey.is_empty() || pushkey == "." || pushkey == ".." || !pushkey.chars().all(path_safe) {
+            return Err(Verdict::rejected(format!(
+                "pushkey {} is not usable as an APNs device token",
+                d.pushkey.short()
+            )));
+        }
+        Ok(pushkey.to_string())
+    }
+}
+
+/// The JSON body for one device, at most [`MAX_PAYLOAD_BYTES`] serialized.
+///
+/// - badge-only: `{"aps": {"badge": N}}` alone; merging `default_payload` would
+///   show a ghost alert.
+/// - event_id_only: the device's `default_payload` verbatim at the root, plus
+///   `room_id`, `event_id`, `unread_count` and `missed_calls`.
+/// - full: Sygnal's `aps.alert` `loc-key`/`loc-args`, `badge`, `sound`, deep-merged
+///   over `default_payload`, plus `room_id` and `event_id`.
+///
+/// A `default_payload` that is not an object is the device's own unusable data:
+/// `Rejected`, whatever the kind (as Sygnal). A full notification that yields
+/// neither an alert nor a badge needs no push: `Err` with `Delivered`.
+pub fn payload(n: &Notification, d: &Device) -> Result<Value, Verdict> {
+    let default_payload = d
+        .default_payload()
+        .map_err(|()| Verdict::rejected("data.default_payload is not a JSON object"))?;
+    let unbounded = match n.kind_for(d) {
+        Kind::BadgeOnly => json!({ "aps": { "badge": n.counts.badge() } }),
+        Kind::EventIdOnly => event_id_only_payload(n, default_payload),
+        // Sygnal: a notification that says nothing about its event (no
+        // `type`, as in clients' own test pushes) gets the event_id_only body.
+        Kind::Full if n.event_type.is_none() => event_id_only_payload(n, default_payload),
+        Kind::Full => full_payload(n, d, default_payload)
+            .ok_or_else(|| Verdict::new(Outcome::Delivered, "nothing to show: no alert and no counts"))?,
+    };
+    fit_to_limit(unbounded)
+}
+
+fn event_id_only_payload(n: &Notification, default_payload: Option<&Map<String, Value>>) -> Value {
+    let mut payload = default_payload.cloned().unwrap_or_default();
+    if let Some(room_id) = &n.room_id {
+        payload.insert("room_id".into(), room_id.as_str().into());
+    }
+    if let Some(event_id) = &n.event_id {
+        payload.insert("event_id".into(), event_id.as_str().into());
+    }
+    if let Some(unread) = n.counts.unread {
+        payload.insert("unread_count".into(), unread.into());
+    }
+    if let Some(missed_calls) = n.counts.missed_calls {
+        payload.insert("missed_calls".into(), missed_calls.into());
+    }
+    Value::Object(payload)
+}
+
+fn full_payload(n: &Notification, d: &Device, default_payload: Option<&Map<String, Value>>) -> Option<Value> {
+    let alert = Alert::for_notification(n);
+    // As Sygnal: no badge when the homeserver sent no counts at all.
+    let badge = (n.counts.unread.is_some() || n.counts.missed_calls.is_some()).then(|| n.counts.badge());
+    if alert.is_none() && badge.is_none() {
+        return None;
+    }
+    let mut aps = Map::new();
+    if let Some(alert) = alert {
+        aps.insert("alert".into(), json!({ "loc-key": alert.loc_key, "loc-args": alert.loc_args }));
+        if let Some(sound) = &d.tweaks.sound {
+            aps.insert("sound".into(), sound.as_str().into());
+        }
+    }
+    if let Some(badge) = badge {
+        aps.insert("badge".into(), badge.into());
+    }
+    let mut ours = Map::new();
+    ours.insert("aps".into(), Value::Object(aps));
+    if let Some(room_id) = &n.room_id {
+        ours.insert("room_id".into(), room_id.as_str().into());
+    }
+    if let Some(event_id) = &n.event_id {
+        ours.insert("event_id".into(), event_id.as_str().into());
+    }
+    let mut payload = Value::Object(default_payload.cloned().unwrap_or_default());
+    deep_merge(&mut payload, Value::Object(ours));
+    Some(payload)
+}
+
+/// Merge `over` into `base`: objects key by key, anything else replaced, so
+/// `default_payload`'s `aps.mutable-content` survives next to our `aps.alert`.
+fn deep_merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(slot) => deep_merge(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// A localized alert: the key names a string in the app, filled with the args.
+#[derive(Debug, PartialEq, Eq)]
+struct Alert {
+    loc_key: &'static str,
+    loc_args: Vec<String>,
+}
+
+impl Alert {
+    /// Sygnal's `_get_payload_full`: the keys and argument orders Element iOS
+    /// (and other Sygnal clients) localize.
+    fn for_notification(n: &Notification) -> Option<Self> {
+        let from = n
+            .sender_display_name
+            .as_deref()
+            .or(n.sender.as_deref())
+            .unwrap_or(" ")
+            .to_string();
+        let alert = |loc_key, loc_args| Some(Self { loc_key, loc_args });
+        match n.event_type.as_deref()? {
+            "m.room.message" | "m.room.encrypted" => {
+                let room = n.room_name.as_deref().or(n.room_alias.as_deref()).map(str::to_string);
+                let (text, is_emote, is_image) = message_text(n.content.as_ref());
+                match (room, text) {
+                    (Some(room), Some(text)) if is_image => alert("IMAGE_FROM_USER_IN_ROOM", vec![from, text, room]),
+                    (Some(room), Some(text)) if is_emote => alert("ACTION_FROM_USER_IN_ROOM", vec![room, from, text]),
+                    (Some(room), Some(text)) => alert("MSG_FROM_USER_IN_ROOM_WITH_CONTENT", vec![from, room, text]),
+                    (Some(room), None) => alert("MSG_FROM_USER_IN_ROOM", vec![from, room]),
+                    (None, Some(text)) if is_image => alert("IMAGE_FROM_USER", vec![from, text]),
+                    (None, Some(text)) if is_emote => alert("ACTION_FROM_USER", vec![from, text]),
+                    (None, Some(text)) => alert("MSG_FROM_USER_WITH_CONTENT", vec![from, text]),
+                    (None, None) => alert("MSG_FROM_USER", vec![from]),
+                }
+            }
+            "m.call.invite" if is_video_call(n.content.as_ref()) => alert("VIDEO_CALL_FROM_USER", vec![from]),
+            "m.call.invite" => alert("VOICE_CALL_FROM_USER", vec![from]),
+            "m.room.member" => {
+                if n.user_is_target != Some(true) || n.membership.as_deref() != Some("invite") {
+                    return None;
+                }
+                match n.room_name.as_deref().or(n.room_alias.as_deref()) {
+                    Some(room) => alert("USER_INVITE_TO_NAMED_ROOM", vec![from, room.to_string()]),
+                    None => alert("USER_INVITE_TO_CHAT", vec![from]),
+                }
+            }
+            // Unknown, but important enough for the homeserver to push.
+            _ => alert("MSG_FROM_USER", vec![from]),
+        }
+    }
+}
+
+/// A message's user-visible text (`body`, when it and `msgtype` are strings),
+/// and whether it is an emote or an image.
+fn message_text(content: Option<&Map<String, Value>>) -> (Option<String>, bool, bool) {
+    let field = |key| content.and_then(|c| c.get(key)).and_then(Value::as_str);
+    match (field("msgtype"), field("body")) {
+        (Some(msgtype), Some(body)) => (Some(body.to_string()), msgtype == "m.emote", msgtype == "m.image"),
+        _ => (None, false, false),
+    }
+}
+
+/// Sygnal's WebRTC heuristic: the offer's SDP has a video track.
+fn is_video_call(content: Option<&Map<String, Value>>) -> bool {
+    content
+        .and_then(|c| c.get("offer"))
+        .and_then(|offer| offer.get("sdp"))
+        .and_then(Value::as_str)
+        .is_some_and(|sdp| sdp.contains("m=video"))
+}
+
+/// DESIGN: "At most 4096 bytes: trim the longest text first, never splitting a
+/// character." The texts are `aps.alert` (a string), `aps.alert.body` and
+/// `aps.alert.loc-args`; every text is capped at the largest byte length that
+/// fits, so the longest shrink first and short ones stay whole. A payload that
+/// cannot fit even with every text cut is ours to fix: `Failed`.
+fn fit_to_limit(payload: Value) -> Result<Value, Verdict> {
+    if serialized_len(&payload) <= MAX_PAYLOAD_BYTES {
+        return Ok(payload);
+    }
+    let mut longest = 0;
+    visit_texts(&mut payload.clone(), |text| longest = longest.max(text.len()));
+    let fits = |cap: usize| {
+        let capped = capped_texts(&payload, cap);
+        (serialized_len(&capped) <= MAX_PAYLOAD_BYTES).then_some(capped)
+    };
+    let mut best = fits(ELLIPSIS.len())
+        .ok_or_else(|| Verdict::failed(format!("apns payload is over {MAX_PAYLOAD_BYTES} bytes even with its texts cut")))?;
+    // Invariant: `low` fits (as `best`), `high` does not.
+    let (mut low, mut high) = (ELLIPSIS.len(), longest);
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        match fits(mid) {
+            Some(capped) => (low, best) = (mid, capped),
+            None => high = mid,
+        }
+    }
+    Ok(best)
+}
+
+fn serialized_len(payload: &Value) -> usize {
+    serde_json::to_vec(payload).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+/// `payload` with every text longer than `cap` bytes cut to at most `cap`
+/// bytes, ellipsis included.
+fn capped_texts(payload: &Value, cap: usize) -> Value {
+    let mut capped = payload.clone();
+    visit_texts(&mut capped, |text| {
+        if text.len() > cap {
+            *text = cut_at_char_boundary(text, cap.saturating_sub(ELLIPSIS.len())) + ELLIPSIS;
+        }
+    });
+    capped
+}
+
+/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a
+/// character boundary.
+fn cut_at_char_boundary(text: &str, max_bytes: usize) -> String {
+    text.chars()
+        .scan(0, |len, c| {
+            *len += c.len_utf8();
+            (*len <= max_bytes).then_some(c)
+        })
+        .collect()
+}
+
+/// The texts APNs shows and that may be cut: those Sygnal's `apnstruncate` cuts.
+fn visit_texts(payload: &mut Value, mut visit: impl FnMut(&mut String)) {
+    match payload.get_mut("aps").and_then(|aps| aps.get_mut("alert")) {
+        Some(Value::String(alert)) => visit(alert),
+        Some(Value::Object(alert)) => {
+            if let Some(Value::String(body)) = alert.get_mut("body") {
+                visit(body);
+            }
+            if let Some(Value::Array(args)) = alert.get_mut("loc-args") {
+                for arg in args {
+                    if let Value::String(arg) = arg {
+                        visit(arg);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `reason` of an APNs error body, from Apple's "Handling notification
+/// responses from APNs". Only the ones that decide an outcome are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum Reason {
+    /// The device token is invalid (e.g. a sandbox token sent to production).
+    BadDeviceToken,
+    /// The token belongs to another app.
+    DeviceTokenNotForTopic,
+    /// Pushing to this topic is not allowed.
+    TopicDisallowed,
+    /// 410: the token is no longer active for the topic.
+    Unregistered,
+    /// 410: the token has expired.
+    ExpiredToken,
+    /// 403: our provider token is older than an hour.
+    ExpiredProviderToken,
+    /// 403: our provider token does not verify.
+    InvalidProviderToken,
+    /// 429: provider tokens were replaced too often; keep the current one.
+    TooManyProviderTokenUpdates,
+    /// Any other reason, or no readable body.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    reason: Option<String>,
+}
+
+/// The most of a provider's reason string that goes into a log line.
+const MAX_REASON_CHARS: usize = 64;
+
+/// What APNs's answer means for the device (DESIGN "Outcomes"). Bodies may be
+/// empty, truncated or not JSON: the reason is then `Other`.
+pub fn classify(response: &ProviderResponse) -> Verdict {
+    use Reason::*;
+    let reason_text: Option<String> = serde_json::from_slice::<ErrorBody>(&response.body)
+        .ok()
+        .and_then(|body| body.reason)
+        .map(|r| r.chars().filter(|c| c.is_ascii_graphic()).take(MAX_REASON_CHARS).collect());
+    let reason = reason_text
+        .as_deref()
+        .and_then(|r| serde_json::from_value::<Reason>(Value::String(r.to_string())).ok())
+        .unwrap_or(Other);
+    let outcome = match (response.status, reason) {
+        (200, _) => Outcome::Delivered,
+        (410, _) | (400, BadDeviceToken | DeviceTokenNotForTopic | TopicDisallowed) => Outcome::Rejected,
+        (403, ExpiredProviderToken | InvalidProviderToken) => Outcome::StaleCredentials,
+        // TooManyProviderTokenUpdates lands here: the cached token is kept.
+        (429 | 500..=599, _) => Outcome::Transient { retry_after: response.retry_after() },
+        _ => Outcome::Failed,
+    };
+    let status = response.status;
+    let text = match (outcome, reason_text) {
+        (Outcome::Delivered, _) => String::new(),
+        (_, Some(r)) if !r.is_empty() => format!("{status} {r}"),
+        _ => status.to_string(),
+    };
+    Verdict::new(outcome, text)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use std::time::Duration;
+
+    use jwt_compact::UntrustedToken;
+    use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+
+    use super::*;
+    use crate::notify::parse_notify;
+
+    const NOW: UnixSecs = 1_795_564_953;
+
+    fn notification(fixture: &str) -> Notification {
+        let path = format!("{}/tests/fixtures/synapse/{fixture}", env!("CARGO_MANIFEST_DIR"));
+        let raw: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        parse_notify(&serde_json::to_vec(&raw["body"]).unwrap(), 20).unwrap()
+    }
+
+    fn golden(name: &str) -> Value {
+        let path = format!("{}/tests/golden/apns/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    /// What Element iOS registers.
+    fn element_default_payload() -> Value {
+        json!({"aps": {"mutable-content": 1, "alert": {"loc-key": "SINGLE_UNREAD", "loc-args": []}}, "cs": "secret"})
+    }
+
+    fn with_data(mut n: Notification, data: Value) -> Notification {
+        n.devices[0].data = data.as_object().unwrap().clone();
+        n
+    }
+
+    fn payload_of(n: &Notification) -> Result<Value, Verdict> {
+        payload(n, &n.devices[0])
+    }
+
+    fn test_key() -> SigningKey {
+        SigningKey::from_slice(&[7u8; 32]).unwrap()
+    }
+
+    fn base_config() -> Value {
+        json!({"topic": "com.example.app", "team_id": "TEAM123456", "key_id": "KEY1234567", "key_secret": "APNS_KEY"})
+    }
+
+    fn load(config: Value, pem: Option<String>) -> Result<ApnsApp, String> {
+        let secrets = move |name: &str| if name == "APNS_KEY" { pem.clone() } else { None };
+        ApnsApp::new(serde_json::from_value(config).unwrap(), &secrets)
+    }
+
+    fn app(config: Value) -> ApnsApp {
+        let pem = test_key().to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        load(config, Some(pem)).unwrap()
+    }
+
+    fn app_with(extra: Value) -> ApnsApp {
+        let mut config = base_config();
+        config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        app(config)
+    }
+
+    // --- payloads ---------------------------------------------------------
+
+    #[test]
+    fn golden_message_ios() {
+        assert_eq!(payload_of(&notification("message-ios.json")).unwrap(), golden("message-ios.json"));
+    }
+
+    #[test]
+    fn golden_member_invite_ios() {
+        assert_eq!(payload_of(&notification("member-ios.json")).unwrap(), golden("member-ios.json"));
+    }
+
+    #[test]
+    fn full_push_deep_merges_default_payload() {
+        let n = with_data(notification("message-ios.json"), json!({"default_payload": element_default_payload()}));
+        assert_eq!(payload_of(&n).unwrap(), golden("message-ios-with-default_payload.json"));
+    }
+
+    #[test]
+    fn event_id_only_carries_default_payload_verbatim_and_nothing_about_the_message() {
+        let n = with_data(
+            notification("message-ios.json"),
+            json!({"format": "event_id_only", "default_payload": element_default_payload()}),
+        );
+        let p = payload_of(&n).unwrap();
+        assert_eq!(p, golden("event_id_only-element.json"));
+        assert!(p["unread_count"].is_u64());
+        assert!(!serde_json::to_string(&p).unwrap().contains("Hello Bob"));
+    }
+
+    #[test]
+    fn event_id_only_adds_missed_calls_when_sent() {
+        let mut n = with_data(notification("message-ios.json"), json!({"format": "event_id_only"}));
+        n.counts.missed_calls = Some(2);
+        let p = payload_of(&n).unwrap();
+        assert_eq!(p["missed_calls"], json!(2));
+        assert_eq!(p["unread_count"], json!(1));
+        assert!(p.get("aps").is_none());
+    }
+
+    #[test]
+    fn badge_only_is_the_badge_alone() {
+        let mut n = with_data(
+            notification("message-ios.json"),
+            json!({"format": "event_id_only", "default_payload": element_default_payload()}),
+        );
+        n.event_id = None;
+        n.counts.unread = Some(2);
+        n.counts.missed_calls = Some(1);
+        assert_eq!(payload_of(&n).unwrap(), golden("badge_only.json"));
+
+        n.counts = Default::default();
+        assert_eq!(payload_of(&n).unwrap(), json!({"aps": {"badge": 0}}));
+    }
+
+    #[test]
+    fn default_payload_that_is_not_an_object_is_rejected() {
+        for bad in [json!("x"), json!([1]), json!(3)] {
+            for format in ["event_id_only", "full"] {
+                let n = with_data(notification("message-ios.json"), json!({"format": format, "default_payload": bad}));
+                assert_eq!(payload_of(&n).unwrap_err().outcome, Outcome::Rejected, "{bad} {format}");
+            }
+        }
+        let n = with_data(notification("message-ios.json"), json!({"default_payload": null}));
+        assert_eq!(payload_of(&n).unwrap(), golden("message-ios.json"));
+    }
+
+    #[test]
+    fn untyped_full_push_gets_the_event_id_only_body() {
+        let n = parse_notify(
+            br#"{"notification":{"event_id":"$e","room_id":"!r","counts":{"unread":3},
+                "devices":[{"app_id":"a","pushkey":"AAEC","data":{"default_payload":{"k":"v"}}}]}}"#,
+            20,
+        )
+        .unwrap();
+        assert_eq!(payload_of(&n).unwrap(), json!({"k": "v", "room_id": "!r", "event_id": "$e", "unread_count": 3}));
+    }
+
+    #[test]
+    fn nothing_to_show_is_delivered_without_a_send() {
+        let mut n = notification("member-ios.json");
+        n.user_is_target = Some(false);
+        n.counts = Default::default();
+        let verdict = app(base_config()).prepare(&n, &n.devices[0], NOW).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Delivered);
+    }
+
+    #[test]
+    fn loc_keys_follow_sygnal() {
+        let base = notification("message-ios.json");
+        let alert_of = |edit: &dyn Fn(&mut Notification)| {
+            let mut n = base.clone();
+            edit(&mut n);
+            payload_of(&n).unwrap()["aps"]["alert"].clone()
+        };
+        let content = |v: Value| Some(v.as_object().unwrap().clone());
+        type Edit = Box<dyn Fn(&mut Notification)>;
+        let cases: Vec<(&str, Edit, Value)> = vec![
+            ("emote in room", Box::new(|n| n.content = content(json!({"msgtype": "m.emote", "body": "waves"}))),
+             json!({"loc-key": "ACTION_FROM_USER_IN_ROOM", "loc-args": ["Push test room", "alices1", "waves"]})),
+            ("image in room", Box::new(|n| n.content = content(json!({"msgtype": "m.image", "body": "cat.png"}))),
+             json!({"loc-key": "IMAGE_FROM_USER_IN_ROOM", "loc-args": ["alices1", "cat.png", "Push test room"]})),
+            ("text, no room name", Box::new(|n| n.room_name = None),
+             json!({"loc-key": "MSG_FROM_USER_WITH_CONTENT", "loc-args": ["alices1", "Hello Bob, message 0"]})),
+            ("alias as room", Box::new(|n| { n.room_name = None; n.room_alias = Some("#r:hs".into()) }),
+             json!({"loc-key": "MSG_FROM_USER_IN_ROOM_WITH_CONTENT", "loc-args": ["alices1", "#r:hs", "Hello Bob, message 0"]})),
+            ("encrypted", Box::new(|n| { n.event_type = Some("m.room.encrypted".into()); n.content = content(json!({"ciphertext": "x"})) }),
+             json!({"loc-key": "MSG_FROM_USER_IN_ROOM", "loc-args": ["alices1", "Push test room"]})),
+            ("encrypted, no room, sender only", Box::new(|n| {
+                n.event_type = Some("m.room.encrypted".into()); n.content = None; n.room_name = None; n.sender_display_name = None }),
+             json!({"loc-key": "MSG_FROM_USER", "loc-args": ["@alices1:localhost"]})),
+            ("non-string body", Box::new(|n| n.content = content(json!({"msgtype": "m.text", "body": 5}))),
+             json!({"loc-key": "MSG_FROM_USER_IN_ROOM", "loc-args": ["alices1", "Push test room"]})),
+            ("video call", Box::new(|n| { n.event_type = Some("m.call.invite".into()); n.content = content(json!({"offer": {"sdp": "v=0\r\nm=audio 9\r\nm=video 9"}})) }),
+             json!({"loc-key": "VIDEO_CALL_FROM_USER", "loc-args": ["alices1"]})),
+            ("voice call", Box::new(|n| { n.event_type = Some("m.call.invite".into()); n.content = content(json!({"offer": {"sdp": "m=audio 9"}})) }),
+             json!({"loc-key": "VOICE_CALL_FROM_USER", "loc-args": ["alices1"]})),
+            ("invite to unnamed room", Box::new(|n| {
+                n.event_type = Some("m.room.member".into()); n.user_is_target = Some(true); n.membership = Some("invite".into()); n.room_name = None }),
+             json!({"loc-key": "USER_INVITE_TO_CHAT", "loc-args": ["alices1"]})),
+            ("unknown type, no sender", Box::new(|n| { n.event_type = Some("org.example.poke".into()); n.sender = None; n.sender_display_name = None }),
+             json!({"loc-key": "MSG_FROM_USER", "loc-args": [" "]})),
+        ];
+        for (name, edit, expected) in cases {
+            assert_eq!(alert_of(&*edit), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn oversized_body_is_cut_on_a_character_boundary() {
+        let mut n = notification("message-ios.json");
+        // 3-byte and 4-byte characters, so a byte cut would land mid-character.
+        let long = "€😀".repeat(2000);
+        n.content = Some(json!({"msgtype": "m.text", "body": long}).as_object().unwrap().clone());
+        let p = payload_of(&n).unwrap();
+        let bytes = serde_json::to_vec(&p).unwrap();
+        assert!(bytes.len() <= MAX_PAYLOAD_BYTES, "{}", bytes.len());
+        assert!(bytes.len() > MAX_PAYLOAD_BYTES - 8, "cut more than needed: {}", bytes.len());
+        assert!(std::str::from_utf8(&bytes).is_ok());
+        let args = p["aps"]["alert"]["loc-args"].as_array().unwrap();
+        assert_eq!(args[0], json!("alices1"));
+        assert_eq!(args[1], json!("Push test room"));
+        let body = args[2].as_str().unwrap();
+        assert!(body.ends_with(ELLIPSIS));
+        assert!(long.starts_with(body.trim_end_matches(ELLIPSIS)));
+    }
+
+    #[test]
+    fn the_longest_texts_are_cut_first() {
+        let mut n = notification("message-ios.json");
+        n.room_name = Some("r".repeat(3000));
+        n.content = Some(json!({"msgtype": "m.text", "body": "b".repeat(5000)}).as_object().unwrap().clone());
+        let p = payload_of(&n).unwrap();
+        assert!(serde_json::to_vec(&p).unwrap().len() <= MAX_PAYLOAD_BYTES);
+        let args = p["aps"]["alert"]["loc-args"].as_array().unwrap();
+        let (room, body) = (args[1].as_str().unwrap(), args[2].as_str().unwrap());
+        assert_eq!(args[0], json!("alices1"));
+        assert!(room.ends_with(ELLIPSIS) && body.ends_with(ELLIPSIS));
+        assert!(room.len().abs_diff(body.len()) <= 1, "{} vs {}", room.len(), body.len());
+    }
+
+    #[test]
+    fn a_string_alert_in_default_payload_is_cut_too() {
+        let mut p = json!({"aps": {"alert": "é".repeat(3000)}});
+        p = fit_to_limit(p).unwrap();
+        assert!(serde_json::to_vec(&p).unwrap().len() <= MAX_PAYLOAD_BYTES);
+        assert!(p["aps"]["alert"].as_str().unwrap().ends_with(ELLIPSIS));
+    }
+
+    #[test]
+    fn payload_that_cannot_fit_is_failed() {
+        let n = with_data(
+            notification("message-ios.json"),
+            json!({"format": "event_id_only", "default_payload": {"blob": "x".repeat(5000)}}),
+        );
+        assert_eq!(payload_of(&n).unwrap_err().outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn cut_never_splits_a_character() {
+        assert_eq!(cut_at_char_boundary("a€b", 3), "a");
+        assert_eq!(cut_at_char_boundary("a€b", 4), "a€");
+        assert_eq!(cut_at_char_boundary("😀", 3), "");
+        assert_eq!(cut_at_char_boundary("abc", 10), "abc");
+    }
+
+    // --- pushkey ----------------------------------------------------------
+
+    fn token_for(pushkey: &str, convert: bool) -> Result<String, Verdict> {
+        let mut n = notification("message-ios.json");
+        n.devices[0].pushkey = crate::notify::Pushkey(pushkey.into());
+        device_token(&n.devices[0], convert)
+    }
+
+    #[test]
+    fn pushkey_is_base64_sent_as_lowercase_hex() {
+        assert_eq!(token_for("AAECAw+/", true).unwrap(), "00010203 0fbf".replace(' ', ""));
+        assert_eq!(token_for("AAECAw==", true).unwrap(), "00010203");
+        assert_eq!(token_for("AAECAw", true).unwrap(), "00010203", "padding is optional");
+        // Python's b64decode accepts non-zero trailing bits; so do we.
+        assert!(token_for("abc123", true).is_ok());
+    }
+
+    #[test]
+    fn undecodable_pushkey_is_rejected_without_naming_it() {
+        for bad in ["not base64!", "AAECAw-_", "", "A"] {
+            let verdict = token_for(bad, true).unwrap_err();
+            assert_eq!(verdict.outcome, Outcome::Rejected, "{bad:?}");
+            if bad.len() > 6 {
+                assert!(!verdict.reason.contains(bad));
+            }
+        }
+        let mut n = notification("message-ios.json");
+        n.devices[0].pushkey = crate::notify::Pushkey("%%%".into());
+        assert_eq!(app(base_config()).prepare(&n, &n.devices[0], NOW).unwrap_err().outcome, Outcome::Rejected);
+    }
+
+    #[test]
+    fn without_conversion_the_pushkey_is_sent_as_is_if_path_safe() {
+        assert_eq!(token_for("0fbfA1_-.~", false).unwrap(), "0fbfA1_-.~");
+        for bad in ["", "a/b", "..", "a b", "a?b", "a%2Fb", "é"] {
+            assert_eq!(token_for(bad, false).unwrap_err().outcome, Outcome::Rejected, "{bad:?}");
+        }
+    }
+
+    // --- request ----------------------------------------------------------
+
+    #[test]
+    fn request_url_headers_and_token_key() {
+        let n = notification("message-ios.json");
+        let prepared = app(base_config()).prepare(&n, &n.devices[0], NOW).unwrap();
+        let r = &prepared.request;
+        let hex: String = PUSHKEY_BASE64.decode("abc123").unwrap().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r.url, format!("https://api.push.apple.com/3/device/{hex}"));
+        assert_eq!(r.header("apns-topic"), Some("com.example.app"));
+        assert_eq!(r.header("apns-push-type"), Some("alert"));
+        assert_eq!(r.header("apns-priority"), Some("10"));
+        assert_eq!(r.header("apns-expiration"), None);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert!(r.headers.iter().all(|(k, _)| *k == k.to_ascii_lowercase()));
+        assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap(), golden("message-ios.json"));
+        assert_eq!(prepared.token_key.as_deref(), Some("apns:TEAM123456:KEY1234567"));
+    }
+
+    #[test]
+    fn sandbox_and_url_override_change_the_origin() {
+        let n = notification("message-ios.json");
+        let url = |extra| app_with(extra).prepare(&n, &n.devices[0], NOW).unwrap().request.url;
+        assert!(url(json!({"platform": "sandbox"})).starts_with("https://api.sandbox.push.apple.com/3/device/"));
+        assert!(url(json!({"url": "http://127.0.0.1:9000/"})).starts_with("http://127.0.0.1:9000/3/device/"));
+    }
+
+    #[test]
+    fn priority_is_5_for_low_prio_and_background_pushes() {
+        let mut n = notification("message-ios.json");
+        let prio = |a: &ApnsApp, n: &Notification| {
+            a.prepare(n, &n.devices[0], NOW).unwrap().request.header("apns-priority").unwrap().to_string()
+        };
+        let background = app_with(json!({"push_type": "background"}));
+        assert_eq!(prio(&background, &n), "5");
+        assert_eq!(background.prepare(&n, &n.devices[0], NOW).unwrap().request.header("apns-push-type"), Some("background"));
+        n.prio = Prio::Low;
+        assert_eq!(prio(&app(base_config()), &n), "5");
+    }
+
+    #[test]
+    fn expiration_is_now_plus_ttl_when_set() {
+        let n = notification("message-ios.json");
+        let prepared = app_with(json!({"ttl": 86400})).prepare(&n, &n.devices[0], NOW).unwrap();
+        assert_eq!(prepared.request.header("apns-expiration"), Some((NOW + 86400).to_string().as_str()));
+    }
+
+    // --- classify ---------------------------------------------------------
+
+    fn response(status: u16, body: &str) -> ProviderResponse {
+        ProviderResponse { status, headers: vec![], body: body.as_bytes().to_vec() }
+    }
+
+    fn reason_body(reason: &str) -> String {
+        format!(r#"{{"reason":"{reason}"}}"#)
+    }
+
+    #[test]
+    fn classify_table() {
+        let transient = Outcome::Transient { retry_after: None };
+        let cases: &[(u16, &str, Outcome, &str)] = &[
+            (200, "", Outcome::Delivered, ""),
+            (410, &reason_body("Unregistered"), Outcome::Rejected, "410 Unregistered"),
+            (410, &reason_body("ExpiredToken"), Outcome::Rejected, "410 ExpiredToken"),
+            (410, "", Outcome::Rejected, "410"),
+            (400, &reason_body("BadDeviceToken"), Outcome::Rejected, "400 BadDeviceToken"),
+            (400, &reason_body("DeviceTokenNotForTopic"), Outcome::Rejected, "400 DeviceTokenNotForTopic"),
+            (400, &reason_body("TopicDisallowed"), Outcome::Rejected, "400 TopicDisallowed"),
+            (403, &reason_body("ExpiredProviderToken"), Outcome::StaleCredentials, "403 ExpiredProviderToken"),
+            (403, &reason_body("InvalidProviderToken"), Outcome::StaleCredentials, "403 InvalidProviderToken"),
+            (429, &reason_body("TooManyProviderTokenUpdates"), transient, "429 TooManyProviderTokenUpdates"),
+            (429, &reason_body("TooManyRequests"), transient, "429 TooManyRequests"),
+            (500, &reason_body("InternalServerError"), transient, "500 InternalServerError"),
+            (503, &reason_body("ServiceUnavailable"), transient, "503 ServiceUnavailable"),
+            (400, &reason_body("PayloadTooLarge"), Outcome::Failed, "400 PayloadTooLarge"),
+            (400, &reason_body("BadTopic"), Outcome::Failed, "400 BadTopic"),
+            (403, &reason_body("MissingProviderToken"), Outcome::Failed, "403 MissingProviderToken"),
+            (403, &reason_body("BadCertificate"), Outcome::Failed, "403 BadCertificate"),
+            (404, &reason_body("BadPath"), Outcome::Failed, "404 BadPath"),
+            (413, &reason_body("PayloadTooLarge"), Outcome::Failed, "413 PayloadTooLarge"),
+            // Empty, truncated and non-JSON bodies.
+            (400, "", Outcome::Failed, "400"),
+            (403, "", Outcome::Failed, "403"),
+            (403, r#"{"reason":"ExpiredProv"#, Outcome::Failed, "403"),
+            (503, "<html>oops</html>", transient, "503"),
+            (502, "\u{0}\u{ff}", transient, "502"),
+            (400, r#"{"reason":5}"#, Outcome::Failed, "400"),
+            (400, r#"[]"#, Outcome::Failed, "400"),
+            (400, r#"{"reason":""}"#, Outcome::Failed, "400"),
+            (302, "", Outcome::Failed, "302"),
+        ];
+        for (status, body, outcome, reason) in cases {
+            let verdict = classify(&response(*status, body));
+            assert_eq!(verdict, Verdict::new(*outcome, *reason), "{status} {body:?}");
+        }
+    }
+
+    #[test]
+    fn classify_carries_retry_after_and_tolerates_binary_bodies() {
+        let mut r = response(429, &reason_body("TooManyProviderTokenUpdates"));
+        r.headers.push(("retry-after".into(), "2".into()));
+        assert_eq!(classify(&r).outcome, Outcome::Transient { retry_after: Some(Duration::from_secs(2)) });
+        let garbage = ProviderResponse { status: 400, headers: vec![], body: vec![0xff, 0xfe, b'{'] };
+        assert_eq!(classify(&garbage).outcome, Outcome::Failed);
+        let long_reason = reason_body(&"X".repeat(10_000));
+        assert!(classify(&response(400, &long_reason)).reason.len() < 100);
+    }
+
+    // --- token --------------------------------------------------------------
+
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: String,
+    }
+
+    #[test]
+    fn window_floors_to_the_last_half_hour() {
+        assert_eq!(TokenWindow::containing(1800 * 1000), TokenWindow { start: 1800 * 1000, end: 1800 * 1001 });
+        assert_eq!(TokenWindow::containing(1800 * 1000 + 1799), TokenWindow { start: 1800 * 1000, end: 1800 * 1001 });
+        assert_eq!(TokenWindow::containing(0), TokenWindow { start: 0, end: 1800 });
+    }
+
+    #[test]
+    fn minted_token_verifies_with_the_public_key() {
+        let a = app(base_config());
+        let minted = a.mint(NOW).unwrap();
+        let mark = NOW - NOW % 1800;
+        assert_eq!(minted.valid_until, mark + 1800);
+
+        let untrusted = UntrustedToken::new(&minted.value).unwrap();
+        assert_eq!(untrusted.algorithm(), "ES256");
+        assert_eq!(untrusted.header().key_id.as_deref(), Some("KEY1234567"));
+        let token = Es256.validator::<Issuer>(test_key().verifying_key()).validate(&untrusted).unwrap();
+        let claims = token.claims();
+        assert_eq!(claims.custom.iss, "TEAM123456");
+        assert_eq!(claims.issued_at.map(|t| t.timestamp()), Some(i64::try_from(mark).unwrap()));
+        assert!(claims.expiration.is_none());
+
+        // Every isolate in the same window signs the same token.
+        assert_eq!(a.mint(mark + 1799).unwrap(), minted);
+        assert_ne!(a.mint(mark + 1800).unwrap().value, minted.value);
+    }
+
+    #[test]
+    fn a_token_from_another_key_does_not_verify() {
+        let minted = app(base_config()).mint(NOW).unwrap();
+        let other = SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let untrusted = UntrustedToken::new(&minted.value).unwrap();
+        assert!(Es256.validator::<Issuer>(other.verifying_key()).validate(&untrusted).is_err());
+    }
+
+    // --- loading ------------------------------------------------------------
+
+    #[test]
+    fn key_loads_from_one_line_pem_and_debug_redacts_it() {
+        let pem = test_key().to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        let one_line = pem.trim().replace('\n', "\\n");
+        let a = load(base_config(), Some(one_line)).unwrap();
+        let debug = format!("{a:?}");
+        assert!(debug.contains("<redacted>"));
+        let body_line = pem.lines().nth(1).unwrap();
+        assert!(!debug.contains(body_line) && !debug.contains("PRIVATE"));
+    }
+
+    #[test]
+    fn load_errors_name_the_field_and_hide_the_secret() {
+        let missing = load(base_config(), None).unwrap_err();
+        assert!(missing.starts_with("key_secret:"), "{missing}");
+
+        let garbage = "-----BEGIN PRIVATE KEY-----\nTOPSECRETmaterial\n-----END PRIVATE KEY-----";
+        let bad = load(base_config(), Some(garbage.into())).unwrap_err();
+        assert!(bad.starts_with("key_secret:"), "{bad}");
+        assert!(!bad.contains("TOPSECRET"), "{bad}");
+
+        let rsa_like = load(base_config(), Some("not a pem".into())).unwrap_err();
+        assert!(rsa_like.starts_with("key_secret:"));
+
+        let mut empty_team = base_config();
+        empty_team["team_id"] = json!(" ");
+        assert!(app_try(empty_team).unwrap_err().starts_with("team_id:"));
+    }
+
+    fn app_try(config: Value) -> Result<ApnsApp, String> {
+        let pem = test_key().to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        load(config, Some(pem))
+    }
 }
