@@ -653,7 +653,9 @@ mod tests {
             edit(&mut n);
             payload_of(&n).unwrap()["aps"]["alert"].clone()
         };
-        let content = |v: Value| Some(v.as_object().unwrap().clone());
+        fn content(v: Value) -> Option<Map<String, Value>> {
+            Some(v.as_object().unwrap().clone())
+        }
         type Edit = Box<dyn Fn(&mut Notification)>;
         let cases: Vec<(&str, Edit, Value)> = vec![
             ("emote in room", Box::new(|n| n.content = content(json!({"msgtype": "m.emote", "body": "waves"}))),
