@@ -6,7 +6,9 @@ use std::cell::OnceCell;
 use std::rc::Rc;
 
 use futures_util::StreamExt;
-use worker::{console_error, console_log, event, js_sys, Context, Env, Request, Response, Result};
+use worker::{
+    console_error, console_log, event, js_sys, AnalyticsEngineDataPointBuilder, Context, Env, Request, Response, Result,
+};
 
 use crate::config::{Apps, Settings};
 use crate::dispatch::{self, Dispatcher, Transport};
@@ -104,12 +106,29 @@ async fn notify(mut req: Request, env: &Env) -> Reply {
         devices: &reports,
         error: (reply.status != 200).then(|| reply.body["error"].as_str().unwrap_or_default().to_string()),
     };
+    write_metrics(env, &reports, reply.status);
     match serde_json::to_string(&log) {
         Ok(line) if reply.status >= 500 => console_error!("{line}"),
         Ok(line) => console_log!("{line}"),
         Err(_) => {}
     }
     reply
+}
+
+fn write_metrics(env: &Env, reports: &[crate::dispatch::DeviceReport], answer_status: u16) {
+    let Ok(dataset) = env.analytics_engine("METRICS") else { return };
+    for report in reports {
+        let point = crate::metrics::data_point(report, answer_status);
+        let written = AnalyticsEngineDataPointBuilder::new()
+            .indexes([point.index])
+            .blobs(point.blobs)
+            .doubles(point.doubles)
+            .write_to(&dataset);
+        if let Err(e) = written {
+            console_error!("{}", serde_json::json!({ "msg": "METRICS write failed", "error": e.to_string() }));
+            return;
+        }
+    }
 }
 
 /// The body, read no further than `max` bytes.

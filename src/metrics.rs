@@ -1,0 +1,80 @@
+//! Counters for Workers Analytics Engine (binding `METRICS`, optional): one
+//! data point per device, so every count is a `SUM(_sample_interval)` away.
+//!
+//! Layout (documented in README):
+//! - index1: the provider (`apns`, `fcm`, `webpush`, `unifiedpush`, `none`)
+//! - blob1: app id, blob2: provider, blob3: outcome
+//!   (`delivered` / `rejected` / `transient` / `failed`), blob4: token source
+//!   (`memory` / `kv` / `minted` / empty), blob5: the answer's status class
+//! - double1: 1 (the device), double2: tries, double3: retries,
+//!   double4: milliseconds, double5: provider HTTP status (0 when none),
+//!   double6: 1 when a token was minted
+
+use crate::dispatch::{DeviceReport, FinalOutcome};
+use crate::tokens::TokenSource;
+
+/// One Analytics Engine data point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataPoint {
+    pub index: &'static str,
+    pub blobs: Vec<String>,
+    pub doubles: Vec<f64>,
+}
+
+pub fn data_point(report: &DeviceReport, answer_status: u16) -> DataPoint {
+    let outcome = match report.outcome {
+        FinalOutcome::Delivered => "delivered",
+        FinalOutcome::Rejected => "rejected",
+        FinalOutcome::Transient => "transient",
+        FinalOutcome::Failed => "failed",
+    };
+    let token = match report.token {
+        Some(TokenSource::Memory) => "memory",
+        Some(TokenSource::Kv) => "kv",
+        Some(TokenSource::Minted) => "minted",
+        None => "",
+    };
+    DataPoint {
+        index: report.provider,
+        blobs: vec![
+            report.app_id.chars().take(256).collect(),
+            report.provider.to_string(),
+            outcome.to_string(),
+            token.to_string(),
+            format!("{}xx", answer_status / 100),
+        ],
+        doubles: vec![
+            1.0,
+            f64::from(report.tries),
+            f64::from(report.tries.saturating_sub(1)),
+            report.ms as f64,
+            f64::from(report.status.unwrap_or(0)),
+            if report.token == Some(TokenSource::Minted) { 1.0 } else { 0.0 },
+        ],
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_point_layout() {
+        let report = DeviceReport {
+            app_id: "com.example.ios".into(),
+            pushkey: "abc…".into(),
+            provider: "apns",
+            outcome: FinalOutcome::Transient,
+            status: Some(503),
+            reason: "503".into(),
+            tries: 3,
+            token: Some(TokenSource::Minted),
+            ms: 12,
+        };
+        let p = data_point(&report, 502);
+        assert_eq!(p.index, "apns");
+        assert_eq!(p.blobs, vec!["com.example.ios", "apns", "transient", "minted", "5xx"]);
+        assert_eq!(p.doubles, vec![1.0, 3.0, 2.0, 12.0, 503.0, 1.0]);
+    }
+}
