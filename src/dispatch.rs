@@ -280,3 +280,191 @@ mod tests {
         assert_eq!(backoff_ms(0, 1, None, 0.5), 0);
     }
 }
+
+/// The dispatcher against a scripted transport: retries, re-mints, token
+/// sharing and outcomes, with a virtual clock.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod dispatch_tests {
+    use std::cell::{Cell, RefCell};
+    use std::collections::{HashMap, VecDeque};
+
+    use futures_executor::block_on;
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    use serde_json::json;
+
+    use super::*;
+    use crate::notify::parse_notify;
+
+    /// Answers by the last path segment of the URL (the device token), in
+    /// order; the last answer repeats. `None` is a network error.
+    #[derive(Default)]
+    struct FakeTransport {
+        script: RefCell<HashMap<String, VecDeque<Option<(u16, &'static str, Vec<(String, String)>)>>>>,
+        sent: RefCell<Vec<OutRequest>>,
+        clock_ms: Cell<u64>,
+        slept_ms: RefCell<Vec<u64>>,
+        kv: RefCell<HashMap<String, (String, u64)>>,
+        kv_gets: Cell<u32>,
+    }
+
+    impl FakeTransport {
+        fn new() -> Self {
+            let t = Self::default();
+            t.clock_ms.set(1_800_000_000_000);
+            t
+        }
+        fn answer(&self, token: &str, answers: Vec<Option<(u16, &'static str)>>) {
+            let answers = answers.into_iter().map(|a| a.map(|(s, b)| (s, b, vec![]))).collect();
+            self.script.borrow_mut().insert(token.to_string(), answers);
+        }
+        fn sent_to(&self, token: &str) -> usize {
+            self.sent.borrow().iter().filter(|r| r.url.ends_with(&format!("/{token}"))).count()
+        }
+    }
+
+    impl Transport for FakeTransport {
+        async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+            self.sent.borrow_mut().push(request.clone());
+            let token = request.url.rsplit('/').next().unwrap_or_default().to_string();
+            let mut script = self.script.borrow_mut();
+            let answers = script.entry(token).or_default();
+            let answer = if answers.len() > 1 { answers.pop_front().unwrap() } else { answers.front().cloned().unwrap_or(Some((200, "", vec![]))) };
+            match answer {
+                None => Err("connection refused".into()),
+                Some((status, body, headers)) => Ok(ProviderResponse { status, headers, body: body.as_bytes().to_vec() }),
+            }
+        }
+        async fn sleep(&self, ms: u64) {
+            self.slept_ms.borrow_mut().push(ms);
+            self.clock_ms.set(self.clock_ms.get() + ms);
+        }
+        fn now_ms(&self) -> u64 {
+            self.clock_ms.get()
+        }
+        fn random(&self) -> f64 {
+            0.5
+        }
+        async fn kv_get(&self, key: &str) -> Option<String> {
+            self.kv_gets.set(self.kv_gets.get() + 1);
+            self.kv.borrow().get(key).map(|(v, _)| v.clone())
+        }
+        async fn kv_put(&self, key: &str, value: &str, ttl: u64) {
+            self.kv.borrow_mut().insert(key.to_string(), (value.to_string(), ttl));
+        }
+    }
+
+    fn apps() -> Apps {
+        let pem = p256::SecretKey::from_slice(&[7u8; 32]).unwrap().to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+        let secrets = move |name: &str| (name == "APNS_KEY").then(|| pem.clone());
+        Apps::load(
+            Some(&json!({
+                "com.example.ios": {"type": "apns", "topic": "com.example", "team_id": "TEAM", "key_id": "KEY",
+                                     "key_secret": "APNS_KEY", "convert_device_token_to_hex": false},
+                "com.example.broken": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "MISSING"},
+                "glob.*": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
+                "*.x": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"}
+            })),
+            &secrets,
+        )
+    }
+
+    fn notification(devices: &[(&str, &str)]) -> Notification {
+        let devices: Vec<_> = devices.iter().map(|(app, key)| json!({"app_id": app, "pushkey": key})).collect();
+        let body = json!({"notification": {"event_id": "$e", "room_id": "!r", "counts": {"unread": 1}, "devices": devices}});
+        parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap()
+    }
+
+    fn run(t: &FakeTransport, tokens: &TokenCache, n: &Notification) -> (Reply, Vec<DeviceReport>) {
+        let apps = apps();
+        let settings = Settings::default();
+        let d = Dispatcher { transport: t, apps: &apps, settings: &settings, tokens };
+        let results = block_on(d.dispatch(n));
+        (reply(&results), results.into_iter().map(|(_, r)| r).collect())
+    }
+
+    #[test]
+    fn outcomes_per_device_become_one_answer() {
+        let t = FakeTransport::new();
+        t.answer("dead", vec![Some((410, r#"{"reason":"Unregistered"}"#))]);
+        t.answer("bad", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#))]);
+        let n = notification(&[("com.example.ios", "good"), ("com.example.ios", "dead"), ("com.example.ios", "bad"), ("com.unknown", "nobody")]);
+        let (answer, reports) = run(&t, &TokenCache::default(), &n);
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, json!({"rejected": ["dead", "bad", "nobody"]}));
+        assert_eq!(reports[0].outcome, FinalOutcome::Delivered);
+        assert_eq!(t.sent_to("nobody"), 0, "unknown app ids are rejected without a send");
+    }
+
+    #[test]
+    fn transient_is_retried_then_delivered() {
+        let t = FakeTransport::new();
+        t.answer("flaky", vec![Some((503, "")), None, Some((200, ""))]);
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "flaky")]));
+        assert_eq!(answer.status, 200);
+        assert_eq!(reports[0].tries, 3);
+        assert_eq!(t.slept_ms.borrow().len(), 2);
+        let sent = t.sent.borrow();
+        assert!(sent.windows(2).all(|w| w[0].body == w[1].body), "the same bytes on every try");
+    }
+
+    #[test]
+    fn transient_exhausted_is_502_never_rejected() {
+        let t = FakeTransport::new();
+        t.answer("down", vec![Some((429, r#"{"reason":"TooManyRequests"}"#))]);
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "down")]));
+        assert_eq!(answer.status, 502);
+        assert_eq!(answer.body["errcode"], "M_UNKNOWN");
+        assert_eq!(reports[0].outcome, FinalOutcome::Transient);
+        assert_eq!(t.sent_to("down"), Settings::default().max_tries as usize);
+    }
+
+    #[test]
+    fn stale_token_is_reminted_once() {
+        let t = FakeTransport::new();
+        t.answer("once", vec![Some((403, r#"{"reason":"ExpiredProviderToken"}"#)), Some((200, ""))]);
+        let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "once")]));
+        assert_eq!(answer.status, 200);
+        assert_eq!(t.sent_to("once"), 2);
+
+        let t = FakeTransport::new();
+        t.answer("always", vec![Some((403, r#"{"reason":"InvalidProviderToken"}"#))]);
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "always")]));
+        assert_eq!(answer.status, 502);
+        assert_eq!(reports[0].outcome, FinalOutcome::Failed);
+        assert_eq!(t.sent_to("always"), 2, "one re-mint, then failed");
+    }
+
+    #[test]
+    fn broken_and_ambiguous_apps() {
+        let t = FakeTransport::new();
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.broken", "k1")]));
+        assert_eq!(answer.status, 502, "a broken app's devices fail, never rejected");
+        assert_eq!(reports[0].outcome, FinalOutcome::Failed);
+        let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("glob.x", "k2")]));
+        assert_eq!(answer.body, json!({"rejected": ["k2"]}), "two globs match: rejected");
+        assert!(t.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn token_is_minted_once_and_shared_through_memory_and_kv() {
+        let t = FakeTransport::new();
+        let tokens = TokenCache::default();
+        let n = notification(&[("com.example.ios", "a"), ("com.example.ios", "b"), ("com.example.ios", "c")]);
+        let (_, reports) = run(&t, &tokens, &n);
+        let minted = reports.iter().filter(|r| r.token == Some(TokenSource::Minted)).count();
+        assert_eq!(minted, 1, "{reports:?}");
+        let auth: Vec<String> = t.sent.borrow().iter().map(|r| r.header("authorization").unwrap().to_string()).collect();
+        assert!(auth.windows(2).all(|w| w[0] == w[1]));
+        let (_, reports) = run(&t, &tokens, &n);
+        assert!(reports.iter().all(|r| r.token == Some(TokenSource::Memory)));
+
+        // A new isolate finds the token in KV instead of minting.
+        let kv_gets = t.kv_gets.get();
+        let (_, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "a")]));
+        assert_eq!(reports[0].token, Some(TokenSource::Kv));
+        assert_eq!(t.kv_gets.get(), kv_gets + 1);
+        let (_, ttl) = t.kv.borrow().values().next().cloned().unwrap();
+        assert!((60..=1800).contains(&ttl), "{ttl}");
+    }
+}
