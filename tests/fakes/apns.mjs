@@ -1,0 +1,187 @@
+// A fake APNs (HTTP/1.1 on 127.0.0.1) that checks what Apple checks and
+// answers per device token, so every APNs outcome can be driven from a test.
+//
+// Checks, in Apple's order, answering as Apple does when one fails:
+//   POST only (405 MethodNotAllowed); path /3/device/<lowercase hex> (404 BadPath,
+//   400 BadDeviceToken); `authorization: bearer <jwt>` present (403
+//   MissingProviderToken), an ES256 JWS verified with the test key's public
+//   half, `kid` = key id, `iss` = team id (403 InvalidProviderToken), `iat`
+//   not in the future and not older than one hour (403 ExpiredProviderToken);
+//   `apns-topic` (400 MissingTopic / BadTopic), `apns-push-type` (400
+//   InvalidPushType), `apns-priority` in {5, 10} (400 BadPriority),
+//   `apns-expiration` an integer (400 BadExpirationDate); a non-empty body (400
+//   PayloadEmpty) of at most 4096 bytes (413 PayloadTooLarge) holding a JSON
+//   object (400 BadPayload: Apple documents no reason for this one).
+// Every failed check is also kept in `violations`, so a test can assert that
+// the worker's requests were all well-formed.
+//
+// Then the device token's script answers (see ANSWERS): "ok" by default.
+
+import crypto from "node:crypto";
+import { Script, decodeJwtPart, startFakeServer } from "./common.mjs";
+
+export const MAX_PAYLOAD_BYTES = 4096;
+const PUSH_TYPES = new Set([
+  "alert", "background", "location", "voip", "complication", "fileprovider",
+  "mdm", "liveactivity", "pushtotalk", "widgets", "controls",
+]);
+/** Apple allows a little clock skew for `iat` in the future. */
+const IAT_FUTURE_SKEW_SECS = 60;
+const TOKEN_MAX_AGE_SECS = 3600;
+
+/**
+ * Named answers for device-token scripts. Any `{status, reason, headers}` works too.
+ * @type {Record<string, {status: number, reason?: string, headers?: Record<string, string>}>}
+ */
+export const ANSWERS = {
+  ok: { status: 200 },
+  BadDeviceToken: { status: 400, reason: "BadDeviceToken" },
+  DeviceTokenNotForTopic: { status: 400, reason: "DeviceTokenNotForTopic" },
+  TopicDisallowed: { status: 400, reason: "TopicDisallowed" },
+  // A refusal of our payload: our fault, never the device's.
+  BadCollapseId: { status: 400, reason: "BadCollapseId" },
+  ExpiredProviderToken: { status: 403, reason: "ExpiredProviderToken" },
+  InvalidProviderToken: { status: 403, reason: "InvalidProviderToken" },
+  Unregistered: { status: 410, reason: "Unregistered" },
+  ExpiredToken: { status: 410, reason: "ExpiredToken" },
+  TooManyRequests: { status: 429, reason: "TooManyRequests" },
+  TooManyProviderTokenUpdates: { status: 429, reason: "TooManyProviderTokenUpdates" },
+  InternalServerError: { status: 500, reason: "InternalServerError" },
+  ServiceUnavailable: { status: 503, reason: "ServiceUnavailable", headers: { "retry-after": "0" } },
+};
+
+/**
+ * A fresh P-256 key pair as APNs issues it: the private half as a `.p8`
+ * (PKCS#8 PEM). Generated per test run: no key is committed.
+ */
+export function generateApnsKey() {
+  const { privateKey, publicKey } = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  return {
+    p8: /** @type {string} */ (privateKey.export({ type: "pkcs8", format: "pem" })),
+    publicKey,
+  };
+}
+
+/** APNs device token (hex) for a base64 pushkey, as the worker converts it. */
+export function hexToken(pushkey) {
+  return Buffer.from(pushkey, "base64").toString("hex");
+}
+
+/** A pushkey (standard base64) of `bytes` random bytes; `hexToken` gives its device token. */
+export function randomPushkey(bytes = 32) {
+  return crypto.randomBytes(bytes).toString("base64");
+}
+
+/**
+ * @param {{ publicKey: crypto.KeyObject, keyId: string, teamId: string,
+ *           topic?: string, now?: () => number }} options
+ *   `topic`: when set, any other `apns-topic` is 400 BadTopic.
+ *   `now`: the fake's clock in Unix seconds.
+ */
+export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () => Math.floor(Date.now() / 1000) }) {
+  /** @type {Script<string | {status: number, reason?: string, headers?: Record<string, string>}>} */
+  const script = new Script("ok");
+  /** @type {string[]} */
+  const violations = [];
+  /** @type {Array<{ token: string, headers: Record<string, string>, payload: any, jwt: {header: any, claims: any}, raw: string }>} */
+  const delivered = [];
+  /** @type {Array<{header: any, claims: any, jwt: string}>} */
+  const tokensSeen = [];
+
+  const refuse = (status, reason, why) => {
+    violations.push(`${status} ${reason}: ${why}`);
+    return apnsAnswer(status, reason);
+  };
+
+  const server = await startFakeServer((req) => {
+    if (req.method !== "POST") return refuse(405, "MethodNotAllowed", req.method);
+    const match = /^\/3\/device\/([^/?]+)$/.exec(req.path);
+    if (!match) return refuse(404, "BadPath", req.path);
+    const token = match[1];
+    if (!/^(?:[0-9a-f]{2})+$/.test(token)) return refuse(400, "BadDeviceToken", `token ${token.slice(0, 8)}… is not lowercase hex`);
+
+    const auth = req.headers["authorization"];
+    if (!auth) return refuse(403, "MissingProviderToken", "no authorization header");
+    const jwtMatch = /^bearer ([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)$/.exec(auth);
+    if (!jwtMatch) return refuse(403, "InvalidProviderToken", "authorization is not `bearer <jws>`");
+    const [, headerPart, claimsPart, signaturePart] = jwtMatch;
+    const header = decodeJwtPart(headerPart);
+    const claims = decodeJwtPart(claimsPart);
+    if (!header || !claims) return refuse(403, "InvalidProviderToken", "undecodable JWT");
+    const signatureOk = crypto.verify(
+      "sha256",
+      Buffer.from(`${headerPart}.${claimsPart}`),
+      { key: publicKey, dsaEncoding: "ieee-p1363" },
+      Buffer.from(signaturePart, "base64url"),
+    );
+    if (!signatureOk) return refuse(403, "InvalidProviderToken", "ES256 signature does not verify");
+    if (header.alg !== "ES256") return refuse(403, "InvalidProviderToken", `alg ${header.alg}`);
+    if (header.kid !== keyId) return refuse(403, "InvalidProviderToken", `kid ${header.kid}`);
+    if (claims.iss !== teamId) return refuse(403, "InvalidProviderToken", `iss ${claims.iss}`);
+    if (!Number.isInteger(claims.iat)) return refuse(403, "InvalidProviderToken", `iat ${claims.iat}`);
+    const t = now();
+    if (claims.iat > t + IAT_FUTURE_SKEW_SECS) return refuse(403, "InvalidProviderToken", `iat ${claims.iat} is in the future (now ${t})`);
+    if (claims.iat < t - TOKEN_MAX_AGE_SECS) return refuse(403, "ExpiredProviderToken", `iat ${claims.iat} older than 1 h`);
+    tokensSeen.push({ header, claims, jwt: auth.slice("bearer ".length) });
+
+    const h = req.headers;
+    if (!h["apns-topic"]) return refuse(400, "MissingTopic", "no apns-topic");
+    if (topic !== undefined && h["apns-topic"] !== topic) return refuse(400, "BadTopic", `apns-topic ${h["apns-topic"]}`);
+    if (!PUSH_TYPES.has(h["apns-push-type"] ?? "")) return refuse(400, "InvalidPushType", `apns-push-type ${h["apns-push-type"]}`);
+    if (!["5", "10"].includes(h["apns-priority"] ?? "")) return refuse(400, "BadPriority", `apns-priority ${h["apns-priority"]}`);
+    if (h["apns-push-type"] === "background" && h["apns-priority"] !== "5") {
+      return refuse(400, "BadPriority", "background pushes must have priority 5");
+    }
+    if (h["apns-expiration"] !== undefined && !/^\d+$/.test(h["apns-expiration"])) {
+      return refuse(400, "BadExpirationDate", `apns-expiration ${h["apns-expiration"]}`);
+    }
+    if (req.body.length === 0) return refuse(400, "PayloadEmpty", "empty body");
+    if (req.body.length > MAX_PAYLOAD_BYTES) return refuse(413, "PayloadTooLarge", `${req.body.length} bytes`);
+    if (req.json === null || typeof req.json !== "object" || Array.isArray(req.json)) {
+      return refuse(400, "BadPayload", "body is not a JSON object");
+    }
+
+    const scripted = script.next(token);
+    const answer = typeof scripted === "string" ? ANSWERS[scripted] : scripted;
+    if (!answer) throw new Error(`unknown scripted answer ${scripted}`);
+    if (answer.status === 200) {
+      delivered.push({ token, headers: h, payload: req.json, jwt: { header, claims }, raw: req.text });
+    }
+    return apnsAnswer(answer.status, answer.reason, answer.headers);
+  });
+
+  return {
+    origin: server.origin,
+    /** Every request received, well-formed or not. */
+    requests: server.requests,
+    /** Requests answered 200. */
+    delivered,
+    /** Why requests failed the fake's checks (empty when all were well-formed). */
+    violations,
+    /** Decoded provider tokens of requests whose JWT verified. */
+    tokensSeen,
+    /** Script the answers for one device token (hex): e.g. `answer(t, ["ServiceUnavailable", "ok"])`. */
+    answer(token, answers) {
+      script.set(token, answers);
+    },
+    /** Requests that reached this device token's path. */
+    requestsFor(token) {
+      return server.requests.filter((r) => r.path === `/3/device/${token}`);
+    },
+    reset() {
+      script.reset();
+      server.clear();
+      violations.length = 0;
+      delivered.length = 0;
+      tokensSeen.length = 0;
+    },
+    close: () => server.close(),
+  };
+}
+
+function apnsAnswer(status, reason, headers = {}) {
+  const apnsId = crypto.randomUUID().toUpperCase();
+  if (status === 200) return { status, headers: { "apns-id": apnsId, ...headers } };
+  const body = status === 410 ? { reason, timestamp: Date.now() } : { reason };
+  return { status, headers: { "apns-id": apnsId, ...headers }, body };
+}

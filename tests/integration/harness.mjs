@@ -1,0 +1,127 @@
+// Runs the built worker (build/index.js + its wasm, from scripts/build) in
+// workerd through Miniflare's JS API, with a test `APPS`, secrets and knobs.
+//
+//   const worker = await startWorker({ apps: {...}, secrets: { APNS_KEY: p8 } });
+//   const { status, json } = await worker.notify(body);
+//   await worker.close();
+//
+// `worker.logs` collects the worker's console output ({level, message}).
+
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const NOTIFY = "/_matrix/push/v1/notify";
+/** Keep in step with wrangler.toml (workerd's supported range ends 2026-07-30). */
+export const COMPATIBILITY_DATE = "2026-07-01";
+const SCRIPT = path.join(ROOT, "build/index.js");
+
+/** Knobs every test worker gets unless a test overrides them: fast retries. */
+export const TEST_KNOBS = { RETRY_BASE_MS: "1", MAX_TRIES: "3", SEND_TIMEOUT_MS: "5000" };
+
+/**
+ * @param {{ apps?: any, appsAsString?: boolean, secrets?: Record<string, string>,
+ *           vars?: Record<string, string>, kv?: boolean }} options
+ *   `apps`: the APPS object (omit it to leave APPS unset).
+ *   `appsAsString`: pass APPS as a JSON string (as .dev.vars and secrets do)
+ *     instead of a [vars] table.
+ *   `vars`: knobs, merged over TEST_KNOBS.
+ *   `kv`: bind the TOKENS namespace (default true).
+ */
+export async function startWorker({ apps, appsAsString = false, secrets = {}, vars = {}, kv = true } = {}) {
+  if (!fs.existsSync(SCRIPT)) {
+    throw new Error(`${path.relative(ROOT, SCRIPT)} is missing: run scripts/build first (scripts/test does)`);
+  }
+  /** @type {Record<string, unknown>} */
+  const bindings = { ...TEST_KNOBS, ...vars, ...secrets };
+  if (apps !== undefined) bindings.APPS = appsAsString ? JSON.stringify(apps) : apps;
+
+  /** @type {Array<{level: string, message: string}>} */
+  const logs = [];
+  const mf = new Miniflare({
+    modules: true,
+    scriptPath: SCRIPT,
+    modulesRoot: ROOT,
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    compatibilityDate: COMPATIBILITY_DATE,
+    kvNamespaces: kv ? ["TOKENS"] : [],
+    bindings,
+    handleStructuredLogs: ({ level, message }) => {
+      logs.push({ level, message });
+    },
+  });
+  await mf.ready;
+  const tokens = kv ? await mf.getKVNamespace("TOKENS") : undefined;
+
+  /** @param {string} urlPath @param {RequestInit} [init] */
+  const request = async (urlPath, init) => {
+    const response = await mf.dispatchFetch(`http://edgepush.test${urlPath}`, init);
+    const text = await response.text();
+    let json;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: response.status, headers: response.headers, text, json };
+  };
+
+  return {
+    mf,
+    logs,
+    /** The TOKENS KV namespace, for inspection (undefined with `kv: false`). */
+    tokens,
+    request,
+    /** POST a notify body: an object (sent as JSON) or a raw string/bytes. */
+    notify(body, init = {}) {
+      const raw = typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body);
+      return request(NOTIFY, {
+        method: "POST",
+        headers: { "content-type": "application/json", ...(init.headers ?? {}) },
+        body: raw,
+        ...init,
+      });
+    },
+    /** All console output so far, one line per entry. */
+    logText() {
+      return logs.map((l) => `${l.level}: ${l.message}`).join("\n");
+    },
+    /** Wait until a log line satisfies `predicate` (logs arrive asynchronously). */
+    async waitForLog(predicate, timeoutMs = 2000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = logs.find(predicate);
+        if (found) return found;
+        if (Date.now() > deadline) return undefined;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    },
+    close: () => mf.dispose(),
+  };
+}
+
+/** The /notify body of a captured Synapse request in tests/fixtures/synapse/. */
+export function synapseFixture(name) {
+  const file = path.join(ROOT, "tests/fixtures/synapse", name.endsWith(".json") ? name : `${name}.json`);
+  return JSON.parse(fs.readFileSync(file, "utf8")).body;
+}
+
+/** A minimal valid notification for `devices`. */
+export function notification(devices, extra = {}) {
+  return {
+    notification: {
+      event_id: "$event:example.org",
+      room_id: "!room:example.org",
+      type: "m.room.message",
+      sender: "@alice:example.org",
+      sender_display_name: "Alice",
+      content: { msgtype: "m.text", body: "Hello" },
+      counts: { unread: 2 },
+      prio: "high",
+      ...extra,
+      devices,
+    },
+  };
+}
