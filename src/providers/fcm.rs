@@ -1,26 +1,1148 @@
-//! STUB: replaced by the provider's implementation.
+//! Firebase Cloud Messaging, HTTP v1 API.
+//!
+//! Credentials are a Google service account: an RS256 assertion signed with
+//! its key is exchanged at `token_uri` for an OAuth access token, which the
+//! dispatcher caches under [`Prepared::token_key`]. Messages are data-only:
+//! Android clients build their own notification from `data`.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
+use jwt_compact::{AlgorithmExt as _, Claims, Header};
+use rsa::pkcs1::DecodeRsaPrivateKey as _;
+use rsa::pkcs8::DecodePrivateKey as _;
+use rsa::RsaPrivateKey;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
-use crate::notify::{Device, Notification};
-use super::{MintedToken, OutRequest, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
+use crate::notify::{Device, Kind, Notification, Prio};
 
+const DEFAULT_ORIGIN: &str = "https://fcm.googleapis.com";
+const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
+/// The one OAuth scope FCM sends need.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`, form-encoded.
+const JWT_BEARER_GRANT: &str = "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
+
+/// Google accepts assertions valid for at most an hour.
+const ASSERTION_LIFETIME_SECS: u64 = 3600;
+/// An access token is dropped this long before Google says it expires, so a
+/// send never races its expiry.
+const TOKEN_EXPIRY_MARGIN_SECS: u64 = 300;
+/// ...but is always kept at least this long, so a short `expires_in` does not
+/// make every send fetch a new one.
+const TOKEN_MIN_LIFETIME_SECS: u64 = 60;
+
+/// "Each value ≤ 1024 bytes (cut on a character boundary, ending "…")".
+pub const MAX_DATA_VALUE_BYTES: usize = 1024;
+/// "the whole `data` ≤ 4096 bytes": keys and values, as FCM counts them.
+pub const MAX_DATA_BYTES: usize = 4096;
+/// The operator's `fcm_options.data` stays small, so that whatever does not
+/// fit in `data` is the device's `default_payload` (and so `Rejected`).
+const MAX_OPERATOR_DATA_BYTES: usize = 1024;
+const ELLIPSIS: &str = "…";
+/// A field trimmed shorter than this says nothing: drop it instead.
+const MIN_TRIMMED_VALUE_BYTES: usize = 16;
+
+/// An FCM app with its service account loaded and its key parsed.
 pub struct FcmApp {
     pub config: FcmConfig,
+    account: ServiceAccount,
+}
+
+/// What edgepush uses of a service-account key file.
+struct ServiceAccount {
+    client_email: String,
+    token_uri: String,
+    key: StrongKey<RsaPrivateKey>,
+}
+
+impl fmt::Debug for FcmApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FcmApp")
+            .field("project_id", &self.config.project_id)
+            .field("client_email", &self.account.client_email)
+            .field("token_uri", &self.account.token_uri)
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The claims of the OAuth assertion, exactly as Google reads them
+/// (`iat` / `exp` in Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AssertionClaims {
+    pub iss: String,
+    pub scope: String,
+    pub aud: String,
+    pub iat: UnixSecs,
+    pub exp: UnixSecs,
 }
 
 impl FcmApp {
-    pub fn new(config: FcmConfig, _secrets: &dyn Secrets) -> Result<Self, String> {
-        Ok(Self { config })
+    /// Read the service-account JSON named by `service_account_secret` and
+    /// parse its key once. Errors name the field and never quote the key.
+    pub fn new(config: FcmConfig, secrets: &dyn Secrets) -> Result<Self, String> {
+        check_project_id(&config.project_id)?;
+        check_fcm_options(&config.fcm_options)?;
+        let raw = super::require_secret(secrets, "service_account_secret", &config.service_account_secret)?;
+        let account = ServiceAccount::parse(&raw)
+            .map_err(|e| format!("service_account_secret: the secret {:?} {e}", config.service_account_secret))?;
+        Ok(Self { config, account })
     }
-    pub fn prepare(&self, _n: &Notification, _d: &Device, _now: UnixSecs) -> Result<Prepared, Verdict> {
-        Err(Verdict::failed("fcm is not implemented yet"))
+
+    /// `POST {url}/v1/projects/{project_id}/messages:send` for one device.
+    pub fn prepare(&self, n: &Notification, d: &Device, _now: UnixSecs) -> Result<Prepared, Verdict> {
+        let body = self.message_body(n, d)?;
+        let body = serde_json::to_vec(&body).map_err(|_| Verdict::failed("could not encode the FCM message"))?;
+        let origin = self.config.url.as_ref().map_or(DEFAULT_ORIGIN, |u| u.as_str());
+        Ok(Prepared {
+            request: OutRequest {
+                url: format!("{origin}/v1/projects/{}/messages:send", self.config.project_id),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body,
+            },
+            token_key: Some(self.token_key()),
+        })
+    }
+
+    /// Devices of every app using this service account share one access token.
+    pub fn token_key(&self) -> String {
+        format!("fcm:{}", self.account.client_email)
+    }
+
+    /// `{"message": deep_merge(fcm_options, {"token", "data", "android": {"priority"}})}`:
+    /// `fcm_options` is the base and our fields win. `fcm_options.data` was
+    /// folded into `data` by [`data_for`], within its limits.
+    pub fn message_body(&self, n: &Notification, d: &Device) -> Result<Value, Verdict> {
+        let data = data_for(n, d, operator_data(&self.config.fcm_options))?;
+        let android_priority = match n.prio {
+            Prio::High => "high",
+            Prio::Low => "normal",
+        };
+        let ours = json!({
+            "token": d.pushkey.as_str(),
+            "data": data,
+            "android": {"priority": android_priority},
+        });
+        let mut base = self.config.fcm_options.clone();
+        base.remove("data");
+        Ok(json!({ "message": deep_merge(Value::Object(base), ours) }))
+    }
+
+    /// The claims of the assertion minted at `now`: kept apart from signing so
+    /// another signer (e.g. WebCrypto in the worker) can sign the same claims.
+    pub fn assertion_claims(&self, now: UnixSecs) -> AssertionClaims {
+        AssertionClaims {
+            iss: self.account.client_email.clone(),
+            scope: SCOPE.to_string(),
+            aud: self.account.token_uri.clone(),
+            iat: now,
+            exp: now.saturating_add(ASSERTION_LIFETIME_SECS),
+        }
+    }
+
+    /// The RS256 assertion (`{"alg":"RS256","typ":"JWT"}`) for `now`.
+    pub fn assertion(&self, now: UnixSecs) -> Result<String, Verdict> {
+        let header = Header::empty().with_token_type("JWT");
+        let claims = Claims::new(self.assertion_claims(now));
+        StrongAlg(Rsa::rs256())
+            .token(&header, &claims, &self.account.key)
+            .map_err(|_| Verdict::failed("could not sign the OAuth assertion"))
+    }
+
+    /// The OAuth exchange: the assertion posted to `token_uri`.
+    pub fn token_request(&self, now: UnixSecs) -> Result<OutRequest, Verdict> {
+        let assertion = self.assertion(now)?;
+        Ok(OutRequest {
+            url: self.account.token_uri.clone(),
+            headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
+            // The assertion is base64url and dots: nothing to escape.
+            body: format!("grant_type={JWT_BEARER_GRANT}&assertion={assertion}").into_bytes(),
+        })
+    }
+
+    /// Read the token endpoint's answer. "A token endpoint that is down is
+    /// `Transient`; one that refuses the assertion (`invalid_grant`) is `Failed`."
+    pub fn read_token_response(&self, response: &ProviderResponse, now: UnixSecs) -> Result<MintedToken, Verdict> {
+        read_token_response(response, now)
     }
 }
 
-pub fn classify(_response: &ProviderResponse) -> Verdict {
-    Verdict::failed("not implemented")
+fn read_token_response(response: &ProviderResponse, now: UnixSecs) -> Result<MintedToken, Verdict> {
+    let status = response.status;
+    if status == 429 || (500..=599).contains(&status) {
+        return Err(Verdict::new(
+            Outcome::Transient { retry_after: response.retry_after() },
+            format!("token endpoint answered {status}"),
+        ));
+    }
+    if status != 200 {
+        let refusal: TokenRefusal = serde_json::from_slice(&response.body).unwrap_or_default();
+        return Err(Verdict::failed(format!(
+            "token endpoint refused the service account's assertion ({status} {})",
+            refusal.describe()
+        )));
+    }
+    let grant: TokenGrant = serde_json::from_slice(&response.body)
+        .map_err(|_| Verdict::failed("token endpoint answered 200 without access_token and expires_in"))?;
+    let usable = !grant.access_token.is_empty() && grant.access_token.bytes().all(|b| b.is_ascii_graphic());
+    if !usable {
+        return Err(Verdict::failed("token endpoint answered an access_token that is not a bearer token"));
+    }
+    if grant.expires_in == 0 {
+        return Err(Verdict::failed("token endpoint answered expires_in 0"));
+    }
+    let lifetime = grant
+        .expires_in
+        .saturating_sub(TOKEN_EXPIRY_MARGIN_SECS)
+        .max(TOKEN_MIN_LIFETIME_SECS.min(grant.expires_in));
+    Ok(MintedToken { value: grant.access_token, valid_until: now.saturating_add(lifetime) })
 }
-impl FcmApp {
-    pub fn token_request(&self, _now: UnixSecs) -> Result<OutRequest, Verdict> { Err(Verdict::failed("todo")) }
-    pub fn read_token_response(&self, _r: &ProviderResponse, _now: UnixSecs) -> Result<MintedToken, Verdict> { Err(Verdict::failed("todo")) }
+
+#[derive(Deserialize)]
+struct TokenGrant {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// RFC 6749 §5.2 error body, e.g. `{"error":"invalid_grant","error_description":"Invalid JWT Signature."}`.
+#[derive(Deserialize, Default)]
+struct TokenRefusal {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl TokenRefusal {
+    /// The error code and Google's explanation, which names the claim at
+    /// fault and never echoes the assertion.
+    fn describe(&self) -> String {
+        let code = self.error.as_deref().map_or("no error code", short);
+        match self.error_description.as_deref() {
+            Some(why) => format!("{code}: {}", short(why)),
+            None => code.to_string(),
+        }
+    }
+}
+
+/// At most 160 bytes of provider text, for a log line.
+fn short(text: &str) -> &str {
+    let mut end = text.len().min(160);
+    while !text.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    text.get(..end).unwrap_or_default()
+}
+
+impl ServiceAccount {
+    fn parse(raw: &str) -> Result<Self, String> {
+        let file: Value = serde_json::from_str(raw.trim())
+            .map_err(|_| "is not JSON: it must hold the service-account key file".to_string())?;
+        let field = |name: &str| -> Result<Option<&str>, String> {
+            match file.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim())),
+                Some(_) => Err(format!("has a field `{name}` that is not a non-empty string")),
+            }
+        };
+        if !file.is_object() {
+            return Err("is not a JSON object: it must hold the service-account key file".into());
+        }
+        let client_email = field("client_email")?.ok_or("lacks the field `client_email`")?.to_string();
+        let pem = field("private_key")?.ok_or("lacks the field `private_key`")?;
+        let token_uri = field("token_uri")?.unwrap_or(DEFAULT_TOKEN_URI).to_string();
+        if !(token_uri.starts_with("https://") || token_uri.starts_with("http://")) {
+            return Err("has a `token_uri` that is not an http(s) URL".into());
+        }
+        let pem = super::normalize_pem(pem);
+        let key = RsaPrivateKey::from_pkcs8_pem(&pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+            .map_err(|_| "has a `private_key` that is not an RSA private key in PEM (PKCS#8)".to_string())?;
+        let key = StrongKey::try_from(key)
+            .map_err(|_| "has a `private_key` of an unsupported size (RSA 2048, 3072 or 4096 bits)".to_string())?;
+        Ok(Self { client_email, token_uri, key })
+    }
+}
+
+/// Google project ids are lowercase letters, digits and hyphens; anything
+/// else would change the path of the send URL.
+fn check_project_id(project_id: &str) -> Result<(), String> {
+    let valid = !project_id.is_empty()
+        && project_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("project_id: {project_id:?} is not a Google Cloud project id"))
+    }
+}
+
+/// `fcm_options` is the base of every message: it must not name another
+/// target than the device, and its `data` must be strings as FCM requires.
+fn check_fcm_options(options: &Map<String, Value>) -> Result<(), String> {
+    for target in ["token", "topic", "condition"] {
+        if options.contains_key(target) {
+            return Err(format!("fcm_options.{target}: the target of each message is the device's pushkey"));
+        }
+    }
+    match options.get("data") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(data)) if data.values().all(Value::is_string) => {
+            let size: usize = data.iter().map(|(k, v)| k.len().saturating_add(v.as_str().map_or(0, str::len))).sum();
+            if size > MAX_OPERATOR_DATA_BYTES {
+                Err(format!("fcm_options.data: over {MAX_OPERATOR_DATA_BYTES} bytes, leaving no room for the notification"))
+            } else {
+                Ok(())
+            }
+        }
+        Some(_) => Err("fcm_options.data: must be an object of strings".into()),
+    }
+}
+
+fn operator_data(options: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    options.get("data").and_then(Value::as_object)
+}
+
+/// Objects merge key by key; anywhere else `over` wins.
+pub fn deep_merge(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Object(mut base), Value::Object(over)) => {
+            for (key, value) in over {
+                let merged = match base.remove(&key) {
+                    Some(old) => deep_merge(old, value),
+                    None => value,
+                };
+                base.insert(key, merged);
+            }
+            Value::Object(base)
+        }
+        (_, over) => over,
+    }
+}
+
+/// What gives way first when `data` is over [`MAX_DATA_BYTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Keep {
+    /// Ids, counts, `prio`, `default_payload` and the operator's `data`: never dropped.
+    Always,
+    /// Names and event metadata: dropped after the content.
+    Descriptive,
+    /// `content_*`: trimmed or dropped first, the largest first.
+    Content,
+}
+
+/// Keys FCM refuses in `data` ("from", "message_type", or any word starting
+/// with "google" or "gcm"): skipped, so one odd `default_payload` key cannot
+/// make every message to the device fail.
+fn is_reserved_data_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    key.is_empty()
+        || ["from", "notification", "message_type", "collapse_key"].contains(&lower.as_str())
+        || lower.starts_with("google")
+        || lower.starts_with("gcm")
+}
+
+/// The `data` map of DESIGN.md "Providers → FCM": strings only, never `null`
+/// or `"None"`; each value ≤ 1024 bytes and the whole ≤ 4096 bytes.
+///
+/// Later sources win: the operator's `fcm_options.data`, then the device's
+/// `default_payload`, then the notification's fields.
+pub fn data_for(
+    n: &Notification,
+    d: &Device,
+    operator: Option<&Map<String, Value>>,
+) -> Result<Map<String, Value>, Verdict> {
+    let default_payload =
+        d.default_payload().map_err(|()| Verdict::rejected("the device's data.default_payload is not an object"))?;
+    let kind = n.kind_for(d);
+    let mut data = DataBuilder::default();
+
+    for (key, value) in operator.into_iter().flatten() {
+        data.put_json(key, value, Keep::Always);
+    }
+    // "badge-only — no event_id: only the counts".
+    if kind != Kind::BadgeOnly {
+        for (key, value) in default_payload.into_iter().flatten() {
+            data.put_json(key, value, Keep::Always);
+        }
+        data.put_opt("event_id", n.event_id.as_deref(), Keep::Always);
+    }
+    data.put_opt("room_id", n.room_id.as_deref(), Keep::Always);
+    if let Some(unread) = n.counts.unread {
+        data.put("unread", unread.to_string(), Keep::Always);
+    }
+    if let Some(missed_calls) = n.counts.missed_calls {
+        data.put("missed_calls", missed_calls.to_string(), Keep::Always);
+    }
+    data.put("prio", n.prio.as_str().to_string(), Keep::Always);
+
+    if kind == Kind::Full {
+        data.put_opt("type", n.event_type.as_deref(), Keep::Descriptive);
+        data.put_opt("sender", n.sender.as_deref(), Keep::Descriptive);
+        data.put_opt("sender_display_name", n.sender_display_name.as_deref(), Keep::Descriptive);
+        data.put_opt("room_name", n.room_name.as_deref(), Keep::Descriptive);
+        data.put_opt("room_alias", n.room_alias.as_deref(), Keep::Descriptive);
+        data.put_opt("membership", n.membership.as_deref(), Keep::Descriptive);
+        for (key, value) in n.content.iter().flatten() {
+            if let Value::String(text) = value {
+                data.put(&format!("content_{key}"), text.clone(), Keep::Content);
+            }
+        }
+    }
+    data.fit(MAX_DATA_BYTES)?;
+    Ok(data.into_map())
+}
+
+#[derive(Default)]
+struct DataBuilder {
+    entries: BTreeMap<String, (String, Keep)>,
+}
+
+impl DataBuilder {
+    fn put(&mut self, key: &str, value: String, keep: Keep) {
+        if is_reserved_data_key(key) {
+            return;
+        }
+        let value = truncate_utf8(&value, MAX_DATA_VALUE_BYTES);
+        self.entries.insert(key.to_string(), (value, keep));
+    }
+
+    fn put_opt(&mut self, key: &str, value: Option<&str>, keep: Keep) {
+        if let Some(value) = value {
+            self.put(key, value.to_string(), keep);
+        }
+    }
+
+    /// "non-string values JSON-encoded"; `null` means absent.
+    fn put_json(&mut self, key: &str, value: &Value, keep: Keep) {
+        match value {
+            Value::Null => {}
+            Value::String(s) => self.put(key, s.clone(), keep),
+            other => self.put(key, other.to_string(), keep),
+        }
+    }
+
+    fn size(&self) -> usize {
+        self.entries.iter().map(|(k, (v, _))| k.len().saturating_add(v.len())).sum()
+    }
+
+    /// Trim or drop the largest content field, then the largest descriptive
+    /// one, until `data` fits. If only what is always kept is left and it
+    /// still does not fit, the device's `default_payload` is to blame.
+    fn fit(&mut self, budget: usize) -> Result<(), Verdict> {
+        loop {
+            let excess = self.size().saturating_sub(budget);
+            if excess == 0 {
+                return Ok(());
+            }
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(_, (_, keep))| *keep != Keep::Always)
+                .max_by_key(|(_, (value, keep))| (*keep, value.len()))
+                .map(|(key, _)| key.clone());
+            let Some(victim) = victim else {
+                return Err(Verdict::rejected(format!(
+                    "data is over FCM's {budget} bytes even with only ids, counts and default_payload"
+                )));
+            };
+            let Some((value, _)) = self.entries.get_mut(&victim) else {
+                return Ok(());
+            };
+            let target = value.len().saturating_sub(excess);
+            if target >= MIN_TRIMMED_VALUE_BYTES {
+                *value = truncate_utf8(value, target);
+            } else {
+                self.entries.remove(&victim);
+            }
+        }
+    }
+
+    fn into_map(self) -> Map<String, Value> {
+        self.entries.into_iter().map(|(k, (v, _))| (k, Value::String(v))).collect()
+    }
+}
+
+/// `text` in at most `max_bytes`, cut on a character boundary and ending "…"
+/// when cut.
+pub fn truncate_utf8(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
+    while !text.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    format!("{}{ELLIPSIS}", text.get(..end).unwrap_or_default())
+}
+
+/// FCM's `FcmError.errorCode`
+/// (<https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FcmErrorCode {
+    /// No more information is available about this error.
+    UnspecifiedError,
+    /// Request parameters were invalid (the token, or the message).
+    InvalidArgument,
+    /// The app instance was unregistered from FCM: the token is dead.
+    Unregistered,
+    /// The token belongs to another sender (project): our configuration.
+    SenderIdMismatch,
+    /// Sending limit exceeded.
+    QuotaExceeded,
+    /// The server is overloaded.
+    Unavailable,
+    /// An unknown internal error occurred.
+    Internal,
+    /// The APNs certificate or web push auth key was invalid or missing.
+    ThirdPartyAuthError,
+    #[serde(other)]
+    Other,
+}
+
+/// The parts of Google's error body that decide an outcome:
+/// `{"error":{"code","message","status","details":[{"@type","errorCode"},
+/// {"@type":"…BadRequest","fieldViolations":[{"field"}]}]}}`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FcmErrorBody {
+    status: Option<String>,
+    error_code: Option<FcmErrorCode>,
+    /// The details or the message say the registration token is invalid.
+    token_invalid: bool,
+}
+
+impl FcmErrorBody {
+    fn parse(body: &[u8]) -> Self {
+        let Ok(root) = serde_json::from_slice::<Value>(body) else {
+            return Self::default();
+        };
+        let Some(error) = root.get("error") else {
+            return Self::default();
+        };
+        let details = error.get("details").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let error_code = details
+            .iter()
+            .filter(|d| type_name(d).ends_with("google.firebase.fcm.v1.FcmError"))
+            .find_map(|d| d.get("errorCode"))
+            .and_then(|c| FcmErrorCode::deserialize(c).ok());
+        let violates_token = details
+            .iter()
+            .filter(|d| type_name(d).ends_with("google.rpc.BadRequest"))
+            .filter_map(|d| d.get("fieldViolations").and_then(Value::as_array))
+            .flatten()
+            .any(|v| v.get("field").and_then(Value::as_str) == Some("message.token"));
+        let message = error.get("message").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        let message_says_token_invalid = message.contains("registration token") && message.contains("not a valid");
+        Self {
+            status: error.get("status").and_then(Value::as_str).map(|s| short(s).to_string()),
+            error_code,
+            token_invalid: violates_token || message_says_token_invalid,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let status = self.status.as_deref().unwrap_or("no status");
+        match self.error_code {
+            Some(code) => format!("{status}, {code:?}"),
+            None => status.to_string(),
+        }
+    }
+}
+
+fn type_name(detail: &Value) -> &str {
+    detail.get("@type").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// DESIGN.md "Providers → FCM → Outcomes".
+pub fn classify(response: &ProviderResponse) -> Verdict {
+    use FcmErrorCode::*;
+    let status = response.status;
+    if status == 200 {
+        return Verdict::delivered();
+    }
+    let error = FcmErrorBody::parse(&response.body);
+    let reason = format!("fcm {status} ({})", error.describe());
+    let outcome = match (status, error.error_code) {
+        (404, Some(Unregistered)) => Outcome::Rejected,
+        (400, _) if error.token_invalid => Outcome::Rejected,
+        (401, _) => Outcome::StaleCredentials,
+        // 403 (e.g. SENDER_ID_MISMATCH) is never the device's fault: a wrong
+        // project would otherwise delete every pusher.
+        (429 | 500..=599, _) => Outcome::Transient { retry_after: response.retry_after() },
+        _ => Outcome::Failed,
+    };
+    Verdict::new(outcome, reason)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::notify::parse_notify;
+    use jwt_compact::UntrustedToken;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    const NOW: UnixSecs = 1_795_564_953;
+    const SECRET_NAME: &str = "FCM_SERVICE_ACCOUNT";
+
+    fn path(relative: &str) -> String {
+        format!("{}/tests/{relative}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn service_account_json() -> String {
+        std::fs::read_to_string(path("keys/test-only-fcm-service-account.json")).unwrap()
+    }
+
+    fn config(extra: Value) -> FcmConfig {
+        let mut base = json!({"project_id": "edgepush-test", "service_account_secret": SECRET_NAME});
+        if let (Value::Object(base), Value::Object(extra)) = (&mut base, extra) {
+            base.extend(extra);
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn load_with(config: FcmConfig, secret: Option<String>) -> Result<FcmApp, String> {
+        let secrets = move |name: &str| if name == SECRET_NAME { secret.clone() } else { None };
+        FcmApp::new(config, &secrets)
+    }
+
+    fn app_with(extra: Value) -> FcmApp {
+        load_with(config(extra), Some(service_account_json())).unwrap()
+    }
+
+    fn app() -> FcmApp {
+        app_with(json!({}))
+    }
+
+    /// The `/notify` body of a Synapse fixture, with `device` replacing its devices.
+    fn fixture_with_device(name: &str, device: Option<Value>) -> Notification {
+        let raw: Value = serde_json::from_slice(&std::fs::read(path(&format!("fixtures/synapse/{name}"))).unwrap()).unwrap();
+        let mut body = raw["body"].clone();
+        if let Some(device) = device {
+            body["notification"]["devices"] = json!([device]);
+        }
+        parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap()
+    }
+
+    fn notification(body: Value) -> Notification {
+        parse_notify(&serde_json::to_vec(&json!({ "notification": body })).unwrap(), 20).unwrap()
+    }
+
+    fn android_device(data: Value) -> Value {
+        json!({"app_id": "com.example.app.android", "pushkey": "fcmtoken1", "data": data})
+    }
+
+    /// Compare with `tests/golden/fcm/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+    fn assert_golden(name: &str, actual: &Value) {
+        let file = path(&format!("golden/fcm/{name}"));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&file, serde_json::to_string_pretty(actual).unwrap() + "\n").unwrap();
+        }
+        let expected: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(actual, &expected, "golden {name}");
+    }
+
+    fn assert_all_strings_within_limits(data: &Value) {
+        let data = data.as_object().expect("data is an object");
+        let mut total = 0;
+        for (key, value) in data {
+            let text = value.as_str().unwrap_or_else(|| panic!("data.{key} is not a string: {value}"));
+            assert_ne!(text, "None", "data.{key}");
+            assert!(text.len() <= MAX_DATA_VALUE_BYTES, "data.{key} has {} bytes", text.len());
+            total += key.len() + text.len();
+        }
+        assert!(total <= MAX_DATA_BYTES, "data has {total} bytes");
+    }
+
+    fn body_of(app: &FcmApp, n: &Notification) -> Value {
+        let prepared = app.prepare(n, &n.devices[0], NOW).unwrap();
+        serde_json::from_slice(&prepared.request.body).unwrap()
+    }
+
+    #[test]
+    fn golden_event_id_only_android() {
+        let n = fixture_with_device("event_id_only-android.json", None);
+        let body = body_of(&app(), &n);
+        assert_all_strings_within_limits(&body["message"]["data"]);
+        assert_golden("event_id_only-android.json", &body);
+    }
+
+    #[test]
+    fn golden_message_android() {
+        let n = fixture_with_device("message-ios.json", Some(android_device(json!({}))));
+        let body = body_of(&app(), &n);
+        assert_all_strings_within_limits(&body["message"]["data"]);
+        assert_golden("message-android.json", &body);
+    }
+
+    #[test]
+    fn golden_member_android() {
+        let n = fixture_with_device("member-ios.json", Some(android_device(json!({}))));
+        let body = body_of(&app(), &n);
+        assert_all_strings_within_limits(&body["message"]["data"]);
+        assert_golden("member-android.json", &body);
+    }
+
+    #[test]
+    fn golden_event_id_only_with_element_x_default_payload() {
+        let device = android_device(json!({
+            "format": "event_id_only",
+            "default_payload": {"cs": "per-user-secret", "session": {"id": 7}, "badge": 3, "gone": null}
+        }));
+        let n = fixture_with_device("event_id_only-android.json", Some(device));
+        let body = body_of(&app(), &n);
+        assert_all_strings_within_limits(&body["message"]["data"]);
+        assert_golden("event_id_only-default_payload-android.json", &body);
+    }
+
+    #[test]
+    fn prepare_posts_to_the_project_with_a_shared_token_key() {
+        let n = fixture_with_device("event_id_only-android.json", None);
+        let prepared = app().prepare(&n, &n.devices[0], NOW).unwrap();
+        assert_eq!(prepared.request.url, "https://fcm.googleapis.com/v1/projects/edgepush-test/messages:send");
+        assert_eq!(prepared.request.header("content-type"), Some("application/json"));
+        assert_eq!(prepared.token_key.as_deref(), Some("fcm:edgepush-test@edgepush-test.iam.gserviceaccount.com"));
+
+        let local = app_with(json!({"url": "http://127.0.0.1:9999"}));
+        let prepared = local.prepare(&n, &n.devices[0], NOW).unwrap();
+        assert_eq!(prepared.request.url, "http://127.0.0.1:9999/v1/projects/edgepush-test/messages:send");
+    }
+
+    #[test]
+    fn badge_only_holds_only_the_counts() {
+        let n = notification(json!({
+            "room_id": "!r:x", "counts": {"unread": 0, "missed_calls": 2}, "prio": "low",
+            "devices": [android_device(json!({"default_payload": {"cs": "s"}}))]
+        }));
+        let body = body_of(&app(), &n);
+        assert_eq!(
+            body["message"],
+            json!({
+                "token": "fcmtoken1",
+                "data": {"room_id": "!r:x", "unread": "0", "missed_calls": "2", "prio": "low"},
+                "android": {"priority": "normal"}
+            })
+        );
+    }
+
+    #[test]
+    fn minimal_client_test_push_has_no_nulls() {
+        let n = notification(json!({"event_id": "$e", "devices": [{"app_id": "a", "pushkey": "k"}]}));
+        let body = body_of(&app(), &n);
+        assert_eq!(body["message"]["data"], json!({"event_id": "$e", "prio": "high"}));
+        assert_eq!(body["message"]["android"]["priority"], "high");
+    }
+
+    #[test]
+    fn pushkey_is_opaque() {
+        for pushkey in ["", "not/a token?&x=1", "a:b:c", "🎉"] {
+            let n = notification(json!({"event_id": "$e", "devices": [{"app_id": "a", "pushkey": pushkey}]}));
+            assert_eq!(body_of(&app(), &n)["message"]["token"], pushkey);
+        }
+    }
+
+    #[test]
+    fn default_payload_flattens_into_data_and_our_fields_win() {
+        let device = android_device(json!({
+            "default_payload": {
+                "event_id": "spoofed", "cs": "secret", "count": 5, "flag": true, "list": [1, "a"],
+                "nothing": null, "from": "x", "google.c.a.e": "1", "gcm.notification.title": "t",
+                "message_type": "x", "notification": {"title": "t"}
+            }
+        }));
+        let n = notification(json!({"event_id": "$e", "room_id": "!r", "devices": [device]}));
+        let data = &body_of(&app(), &n)["message"]["data"];
+        assert_eq!(
+            data,
+            &json!({
+                "event_id": "$e", "room_id": "!r", "prio": "high", "cs": "secret",
+                "count": "5", "flag": "true", "list": "[1,\"a\"]"
+            })
+        );
+    }
+
+    #[test]
+    fn default_payload_that_is_not_an_object_is_rejected() {
+        for bad in [json!("x"), json!([1]), json!(3)] {
+            let n = notification(json!({"event_id": "$e", "devices": [android_device(json!({"default_payload": bad}))]}));
+            let verdict = app().prepare(&n, &n.devices[0], NOW).unwrap_err();
+            assert_eq!(verdict.outcome, Outcome::Rejected, "{bad}");
+        }
+    }
+
+    #[test]
+    fn fcm_options_are_the_base_and_our_fields_win() {
+        let app = app_with(json!({"fcm_options": {
+            "android": {"priority": "normal", "ttl": "60s", "collapse_key": "room"},
+            "apns": {"headers": {"apns-priority": "5"}},
+            "data": {"app": "edgepush", "prio": "operator"},
+            "fcm_options": {"analytics_label": "matrix"}
+        }}));
+        let n = notification(json!({"event_id": "$e", "prio": "high", "devices": [android_device(json!({}))]}));
+        assert_eq!(
+            body_of(&app, &n),
+            json!({"message": {
+                "token": "fcmtoken1",
+                "data": {"event_id": "$e", "prio": "high", "app": "edgepush"},
+                "android": {"priority": "high", "ttl": "60s", "collapse_key": "room"},
+                "apns": {"headers": {"apns-priority": "5"}},
+                "fcm_options": {"analytics_label": "matrix"}
+            }})
+        );
+    }
+
+    #[test]
+    fn deep_merge_merges_objects_and_replaces_the_rest() {
+        let merged = deep_merge(json!({"a": {"b": 1, "c": 2}, "d": [1], "e": "x"}), json!({"a": {"b": 3}, "d": [2], "f": 1}));
+        assert_eq!(merged, json!({"a": {"b": 3, "c": 2}, "d": [2], "e": "x", "f": 1}));
+        assert_eq!(deep_merge(json!({"a": "x"}), json!({"a": {"b": 1}})), json!({"a": {"b": 1}}));
+    }
+
+    #[test]
+    fn truncate_cuts_on_a_char_boundary_with_an_ellipsis() {
+        assert_eq!(truncate_utf8("short", 10), "short");
+        let cut = truncate_utf8(&"€".repeat(500), MAX_DATA_VALUE_BYTES);
+        assert!(cut.len() <= MAX_DATA_VALUE_BYTES);
+        assert!(cut.ends_with('…'));
+        assert_eq!(cut.trim_end_matches('…').chars().filter(|c| *c != '€').count(), 0);
+        // 1021 bytes of room: 340 three-byte characters (1020 bytes) fit.
+        assert_eq!(cut.chars().count(), 341);
+    }
+
+    #[test]
+    fn long_multibyte_values_are_cut_to_1024_bytes() {
+        let body = "🎉é".repeat(600);
+        let n = notification(json!({
+            "event_id": "$e", "room_name": "ü".repeat(800), "content": {"body": body, "msgtype": "m.text"},
+            "devices": [android_device(json!({}))]
+        }));
+        let data = body_of(&app(), &n)["message"]["data"].clone();
+        assert_all_strings_within_limits(&data);
+        let content_body = data["content_body"].as_str().unwrap();
+        assert!(content_body.ends_with('…'));
+        assert!(content_body.len() > MAX_DATA_VALUE_BYTES - 8);
+        assert!(body.starts_with(content_body.trim_end_matches('…')));
+        assert!(data["room_name"].as_str().unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn oversized_data_trims_the_largest_content_first_and_keeps_ids() {
+        let n = notification(json!({
+            "event_id": "$e", "room_id": "!r", "sender": "@s:x", "room_name": "n".repeat(1000),
+            "counts": {"unread": 4},
+            "content": {"body": "b".repeat(1000), "formatted_body": "f".repeat(1100), "format": "org.matrix.custom.html",
+                        "msgtype": "m.text", "m.relates_to": {"rel_type": "m.thread"}},
+            "devices": [android_device(json!({"default_payload": {"cs": "x".repeat(1000)}}))]
+        }));
+        let data = body_of(&app(), &n)["message"]["data"].clone();
+        assert_all_strings_within_limits(&data);
+        for kept in ["event_id", "room_id", "unread", "prio", "cs", "sender", "room_name", "content_msgtype"] {
+            assert!(data.get(kept).is_some(), "{kept} was dropped: {data}");
+        }
+        assert!(data.get("content_m.relates_to").is_none(), "non-string content is skipped");
+        let formatted = data.get("content_formatted_body").and_then(Value::as_str).unwrap_or_default();
+        assert!(formatted.len() < 1024, "the largest content field gives way first");
+    }
+
+    #[test]
+    fn default_payload_that_cannot_fit_is_rejected() {
+        let payload: Map<String, Value> = (0..6).map(|i| (format!("k{i}"), json!("x".repeat(1000)))).collect();
+        let n = notification(json!({"event_id": "$e", "devices": [android_device(json!({"default_payload": payload}))]}));
+        let verdict = app().prepare(&n, &n.devices[0], NOW).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Rejected);
+    }
+
+    proptest! {
+        #[test]
+        fn data_is_always_strings_within_limits(
+            body in "\\PC{0,1500}",
+            name in "\\PC{0,1500}",
+            extra in proptest::collection::btree_map("[a-z_]{1,12}", "\\PC{0,700}", 0..6),
+            unread in proptest::option::of(0u64..u64::MAX),
+            event_id_only in any::<bool>(),
+        ) {
+            let mut data = json!({});
+            if event_id_only {
+                data["format"] = json!("event_id_only");
+            }
+            let content: Map<String, Value> = extra.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            let mut content = content;
+            content.insert("body".into(), Value::String(body));
+            let n = notification(json!({
+                "event_id": "$e", "room_id": "!r", "room_name": name, "content": content,
+                "counts": {"unread": unread}, "devices": [android_device(data)]
+            }));
+            let data = body_of(&app(), &n)["message"]["data"].clone();
+            assert_all_strings_within_limits(&data);
+            prop_assert_eq!(data["event_id"].as_str(), Some("$e"));
+        }
+    }
+
+    // --- service account ---
+
+    #[test]
+    fn loading_names_the_field_and_never_quotes_the_key() {
+        let sa: Value = serde_json::from_str(&service_account_json()).unwrap();
+        let without = |field: &str| {
+            let mut sa = sa.clone();
+            sa.as_object_mut().unwrap().remove(field);
+            Some(sa.to_string())
+        };
+        let with = |field: &str, value: Value| {
+            let mut sa = sa.clone();
+            sa[field] = value;
+            Some(sa.to_string())
+        };
+        let pem = sa["private_key"].as_str().unwrap();
+        let mangled = pem.replace("MII", "XYZ");
+        let cases = [
+            (None, "FCM_SERVICE_ACCOUNT"),
+            (Some("{not json".to_string()), "not JSON"),
+            (Some("[1]".to_string()), "not a JSON object"),
+            (without("client_email"), "client_email"),
+            (without("private_key"), "private_key"),
+            (with("private_key", json!(5)), "private_key"),
+            (with("private_key", json!(mangled)), "private_key"),
+            (with("private_key", json!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")), "private_key"),
+            (with("token_uri", json!("ftp://x")), "token_uri"),
+        ];
+        for (secret, needle) in cases {
+            let error = load_with(config(json!({})), secret).unwrap_err();
+            assert!(error.contains(needle), "{error:?} should name {needle}");
+            assert!(error.starts_with("service_account_secret"), "{error:?}");
+            assert!(!error.contains("MII") && !error.contains("BEGIN"), "{error:?} quotes the key");
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let secret = Some(service_account_json());
+        let cases = [
+            (json!({"project_id": "a/b"}), "project_id"),
+            (json!({"project_id": ""}), "project_id"),
+            (json!({"fcm_options": {"topic": "news"}}), "fcm_options.topic"),
+            (json!({"fcm_options": {"token": "x"}}), "fcm_options.token"),
+            (json!({"fcm_options": {"data": {"n": 1}}}), "fcm_options.data"),
+            (json!({"fcm_options": {"data": {"big": "x".repeat(1100)}}}), "fcm_options.data"),
+        ];
+        for (extra, needle) in cases {
+            let error = load_with(config(extra), secret.clone()).unwrap_err();
+            assert!(error.contains(needle), "{error:?} should name {needle}");
+        }
+    }
+
+    #[test]
+    fn one_line_pem_with_literal_newlines_and_default_token_uri() {
+        let mut sa: Value = serde_json::from_str(&service_account_json()).unwrap();
+        let one_line = sa["private_key"].as_str().unwrap().replace('\n', "\\n");
+        sa["private_key"] = json!(one_line);
+        sa.as_object_mut().unwrap().remove("token_uri");
+        let app = load_with(config(json!({})), Some(sa.to_string())).unwrap();
+        assert_eq!(app.token_request(NOW).unwrap().url, DEFAULT_TOKEN_URI);
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let shown = format!("{:?}", app());
+        assert!(shown.contains("<redacted>") && shown.contains("edgepush-test"));
+        assert!(!shown.contains("MII") && !shown.contains("BEGIN"));
+    }
+
+    // --- OAuth ---
+
+    fn public_key() -> StrongKey<rsa::RsaPublicKey> {
+        let sa: Value = serde_json::from_str(&service_account_json()).unwrap();
+        let key = RsaPrivateKey::from_pkcs8_pem(sa["private_key"].as_str().unwrap()).unwrap();
+        StrongKey::try_from(key.to_public_key()).unwrap()
+    }
+
+    fn form_field<'a>(body: &'a str, name: &str) -> &'a str {
+        body.split('&').find_map(|pair| pair.strip_prefix(&format!("{name}="))).unwrap()
+    }
+
+    #[test]
+    fn token_request_posts_a_verifiable_rs256_assertion() {
+        let request = app().token_request(NOW).unwrap();
+        assert_eq!(request.url, "https://oauth2.googleapis.com/token");
+        assert_eq!(request.header("content-type"), Some("application/x-www-form-urlencoded"));
+        let body = String::from_utf8(request.body).unwrap();
+        assert_eq!(form_field(&body, "grant_type"), "urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer");
+
+        let assertion = UntrustedToken::new(form_field(&body, "assertion")).unwrap();
+        assert_eq!(assertion.algorithm(), "RS256");
+        assert_eq!(assertion.header().token_type.as_deref(), Some("JWT"));
+        let key = public_key();
+        // jwt-compact reads `iat` / `exp` into its own fields, the rest stays custom.
+        let token = StrongAlg(Rsa::rs256()).validator::<Map<String, Value>>(&key).validate(&assertion).unwrap();
+        let claims = token.claims();
+        assert_eq!(claims.issued_at.map(|t| t.timestamp()), Some(NOW as i64));
+        assert_eq!(claims.expiration.map(|t| t.timestamp()), Some(NOW as i64 + 3600));
+        assert_eq!(
+            Value::Object(claims.custom.clone()),
+            json!({
+                "iss": "edgepush-test@edgepush-test.iam.gserviceaccount.com",
+                "scope": "https://www.googleapis.com/auth/firebase.messaging",
+                "aud": "https://oauth2.googleapis.com/token",
+            })
+        );
+    }
+
+    #[test]
+    fn an_assertion_signed_by_another_key_does_not_verify() {
+        let other = RsaPrivateKey::from_pkcs8_pem(&rsa_test_key_2048()).unwrap();
+        let other = StrongKey::try_from(other.to_public_key()).unwrap();
+        let jwt = app().assertion(NOW).unwrap();
+        let untrusted = UntrustedToken::new(&jwt).unwrap();
+        assert!(StrongAlg(Rsa::rs256()).validator::<Map<String, Value>>(&other).validate(&untrusted).is_err());
+    }
+
+    /// A second key: the rsa crate's own 2048-bit test key would do, but one
+    /// generated here keeps the test self-contained.
+    fn rsa_test_key_2048() -> String {
+        use rsa::pkcs8::EncodePrivateKey as _;
+        let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap().to_string()
+    }
+
+    fn response(status: u16, body: &str) -> ProviderResponse {
+        ProviderResponse { status, headers: vec![], body: body.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn token_responses() {
+        let app = app();
+        let ok = app
+            .read_token_response(&response(200, r#"{"access_token":"ya29.abc","expires_in":3599,"token_type":"Bearer"}"#), NOW)
+            .unwrap();
+        assert_eq!(ok.value, "ya29.abc");
+        assert_eq!(ok.valid_until, NOW + 3599 - 300);
+        let short_lived = app.read_token_response(&response(200, r#"{"access_token":"t","expires_in":100}"#), NOW).unwrap();
+        assert_eq!(short_lived.valid_until, NOW + 60);
+
+        let transient = Outcome::Transient { retry_after: None };
+        let cases: &[(u16, &str, Outcome, &str)] = &[
+            (400, r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#, Outcome::Failed, "invalid_grant: Invalid JWT Signature."),
+            (401, r#"{"error":"unauthorized_client"}"#, Outcome::Failed, "unauthorized_client"),
+            (403, "<html>", Outcome::Failed, "no error code"),
+            (429, "", transient, "429"),
+            (500, "garbage", transient, "500"),
+            (503, r#"{"error":"x"}"#, transient, "503"),
+            (200, "{}", Outcome::Failed, "access_token"),
+            (200, "not json", Outcome::Failed, "access_token"),
+            (200, r#"{"access_token":"a b","expires_in":10}"#, Outcome::Failed, "bearer"),
+            (200, r#"{"access_token":"","expires_in":10}"#, Outcome::Failed, "bearer"),
+            (200, r#"{"access_token":"t","expires_in":0}"#, Outcome::Failed, "expires_in"),
+            (200, r#"{"access_token":"t","expires_in":-5}"#, Outcome::Failed, "access_token"),
+            (302, "", Outcome::Failed, "302"),
+        ];
+        for (status, body, outcome, needle) in cases {
+            let verdict = app.read_token_response(&response(*status, body), NOW).unwrap_err();
+            assert_eq!(verdict.outcome, *outcome, "{status} {body}");
+            assert!(verdict.reason.contains(needle), "{status} {body}: {}", verdict.reason);
+        }
+        let with_retry_after = ProviderResponse { status: 429, headers: vec![("retry-after".into(), "2".into())], body: vec![] };
+        assert_eq!(
+            app.read_token_response(&with_retry_after, NOW).unwrap_err().outcome,
+            Outcome::Transient { retry_after: Some(Duration::from_secs(2)) }
+        );
+    }
+
+    // --- outcomes ---
+
+    fn google_error(code: u16, status: &str, message: &str, details: Value) -> String {
+        json!({"error": {"code": code, "message": message, "status": status, "details": details}}).to_string()
+    }
+
+    fn fcm_error(error_code: &str) -> Value {
+        json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": error_code})
+    }
+
+    #[test]
+    fn classify_table() {
+        let invalid_token = google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "The registration token is not a valid FCM registration token",
+            json!([fcm_error("INVALID_ARGUMENT"), {
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": "message.token", "description": "Invalid registration token"}]
+            }]),
+        );
+        let invalid_token_message_only =
+            google_error(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token", json!([]));
+        let invalid_data = google_error(
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid value at 'message.data[0].value' (TYPE_STRING), 5",
+            json!([{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"field": "message.data[0].value", "description": "Invalid value"}]}]),
+        );
+        let unregistered = google_error(404, "NOT_FOUND", "Requested entity was not found.", json!([fcm_error("UNREGISTERED")]));
+        let not_found = google_error(404, "NOT_FOUND", "Requested entity was not found.", json!([]));
+        let mismatch = google_error(403, "PERMISSION_DENIED", "SenderId mismatch", json!([fcm_error("SENDER_ID_MISMATCH")]));
+        let unauthenticated = google_error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", json!([]));
+        let quota = google_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded", json!([fcm_error("QUOTA_EXCEEDED")]));
+        let unavailable = google_error(503, "UNAVAILABLE", "The service is currently unavailable.", json!([fcm_error("UNAVAILABLE")]));
+        let transient = Outcome::Transient { retry_after: None };
+        let cases: &[(u16, &str, Outcome)] = &[
+            (200, r#"{"name":"projects/p/messages/0:1"}"#, Outcome::Delivered),
+            (200, "", Outcome::Delivered),
+            (404, &unregistered, Outcome::Rejected),
+            (404, &not_found, Outcome::Failed),
+            (404, "", Outcome::Failed),
+            (400, &invalid_token, Outcome::Rejected),
+            (400, &invalid_token_message_only, Outcome::Rejected),
+            (400, &invalid_data, Outcome::Failed),
+            (400, "", Outcome::Failed),
+            (401, &unauthenticated, Outcome::StaleCredentials),
+            (401, "", Outcome::StaleCredentials),
+            (403, &mismatch, Outcome::Failed),
+            (403, "", Outcome::Failed),
+            (429, &quota, transient),
+            (500, "", transient),
+            (503, &unavailable, transient),
+            (302, "", Outcome::Failed),
+            (413, "", Outcome::Failed),
+        ];
+        for (status, body, outcome) in cases {
+            assert_eq!(classify(&response(*status, body)).outcome, *outcome, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn classify_honours_retry_after_and_names_the_error_code() {
+        let r = ProviderResponse { status: 503, headers: vec![("retry-after".into(), "1".into())], body: vec![] };
+        assert_eq!(classify(&r).outcome, Outcome::Transient { retry_after: Some(Duration::from_secs(1)) });
+        let mismatch = google_error(403, "PERMISSION_DENIED", "SenderId mismatch", json!([fcm_error("SENDER_ID_MISMATCH")]));
+        let reason = classify(&response(403, &mismatch)).reason;
+        assert!(reason.contains("403") && reason.contains("PERMISSION_DENIED") && reason.contains("SenderIdMismatch"), "{reason}");
+        let unknown = google_error(400, "INVALID_ARGUMENT", "x", json!([fcm_error("SOMETHING_NEW"), 5, null, {"@type": 1}]));
+        assert_eq!(classify(&response(400, &unknown)).outcome, Outcome::Failed);
+        assert!(classify(&response(400, &unknown)).reason.contains("Other"));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_bodies_never_panic(status in 0u16..1000, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let r = ProviderResponse { status, headers: vec![], body };
+            let _ = classify(&r);
+            let _ = read_token_response(&r, NOW);
+        }
+
+        #[test]
+        fn json_shaped_garbage_never_panics(
+            status in 0u16..1000,
+            body in "\\{\"error\":(\\{(\"(details|message|status|code|error_description)\":(\\[\\{\"@type\":\"[a-zA-Z./]{0,60}\",\"(errorCode|fieldViolations)\":.{0,20}\\}\\]|.{0,20}),?){0,4}\\}|.{0,10})\\}"
+        ) {
+            let r = response(status, &body);
+            let _ = classify(&r);
+            let _ = read_token_response(&r, NOW);
+        }
+    }
 }
