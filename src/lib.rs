@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod notify;
 pub mod providers;
 pub mod routes;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sygnal_import;
 pub mod tokens;
 
 #[cfg(target_arch = "wasm32")]
