@@ -30,8 +30,10 @@ const IAT_FUTURE_SKEW_SECS = 60;
 const TOKEN_MAX_AGE_SECS = 3600;
 
 /**
- * Named answers for device-token scripts. Any `{status, reason, headers}` works too.
- * @type {Record<string, {status: number, reason?: string, headers?: Record<string, string>}>}
+ * Named answers for device-token scripts. Any `{status, reason, headers, delayMs}`
+ * works too (`delayMs`: answer that much later, e.g. to outlast SEND_TIMEOUT_MS).
+ * @typedef {{status: number, reason?: string, headers?: Record<string, string>, delayMs?: number}} ApnsAnswer
+ * @type {Record<string, ApnsAnswer>}
  */
 export const ANSWERS = {
   ok: { status: 200 },
@@ -79,7 +81,7 @@ export function randomPushkey(bytes = 32) {
  *   `now`: the fake's clock in Unix seconds.
  */
 export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () => Math.floor(Date.now() / 1000) }) {
-  /** @type {Script<string | {status: number, reason?: string, headers?: Record<string, string>}>} */
+  /** @type {Script<string | ApnsAnswer>} */
   const script = new Script("ok");
   /** @type {string[]} */
   const violations = [];
@@ -93,7 +95,7 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
     return apnsAnswer(status, reason);
   };
 
-  const server = await startFakeServer((req) => {
+  const server = await startFakeServer(async (req) => {
     if (req.method !== "POST") return refuse(405, "MethodNotAllowed", req.method);
     const match = /^\/3\/device\/([^/?]+)$/.exec(req.path);
     if (!match) return refuse(404, "BadPath", req.path);
@@ -144,6 +146,7 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
     const scripted = script.next(token);
     const answer = typeof scripted === "string" ? ANSWERS[scripted] : scripted;
     if (!answer) throw new Error(`unknown scripted answer ${scripted}`);
+    if (answer.delayMs) await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     if (answer.status === 200) {
       delivered.push({ token, headers: h, payload: req.json, jwt: { header, claims }, raw: req.text });
     }

@@ -1,0 +1,412 @@
+// APNs end to end: the built worker in workerd sends to a fake APNs that
+// checks what Apple checks (ES256 provider token, claims, headers, size) and
+// answers per device token, so every outcome of DESIGN.md "Providers → APNs"
+// is driven here.
+
+import assert from "node:assert/strict";
+import { after, before, beforeEach, describe, test } from "node:test";
+import { generateApnsKey, hexToken, randomPushkey, startFakeApns } from "../fakes/apns.mjs";
+import { notification, startWorker, synapseFixture } from "./harness.mjs";
+
+const KEY_ID = "KEY1234567";
+const TEAM_ID = "TEAM123456";
+const TOPIC = "com.example.app";
+const IOS = "com.example.app.ios";
+const key = generateApnsKey();
+const otherKey = generateApnsKey();
+
+const apnsApp = (url, extra = {}) => ({
+  type: "apns", topic: TOPIC, team_id: TEAM_ID, key_id: KEY_ID, key_secret: "APNS_KEY", url, ...extra,
+});
+const device = (pushkey, app_id = IOS, data = {}) => ({ app_id, pushkey, data });
+const now = () => Math.floor(Date.now() / 1000);
+
+/** Every whole pushkey a test used: none may appear in the log. */
+const usedPushkeys = new Set();
+const pushkey = () => {
+  const k = randomPushkey();
+  usedPushkeys.add(k);
+  return k;
+};
+
+function assertStatus(response, status) {
+  assert.equal(response.status, status, response.text);
+}
+
+describe("APNs", () => {
+  let fake;
+  let worker;
+
+  before(async () => {
+    fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID, topic: TOPIC });
+    worker = await startWorker({
+      apps: {
+        [IOS]: apnsApp(fake.origin),
+        "com.example.raw": apnsApp(fake.origin, { convert_device_token_to_hex: false }),
+        "com.example.ttl": apnsApp(fake.origin, { ttl: 3600 }),
+        "com.example.background": apnsApp(fake.origin, { push_type: "background" }),
+        "com.example.wrongteam": apnsApp(fake.origin, { team_id: "OTHERTEAM1" }),
+      },
+      secrets: { APNS_KEY: key.p8 },
+      vars: { MAX_TRIES: "3", RETRY_BASE_MS: "1" },
+    });
+  });
+  after(async () => {
+    await worker?.close();
+    await fake?.close();
+  });
+  beforeEach(() => fake.reset());
+
+  describe("Synapse's requests", () => {
+    test("message-ios: a full alert with loc-key, loc-args, badge and sound", async () => {
+      const body = synapseFixture("message-ios");
+      const r = await worker.notify(body);
+      assertStatus(r, 200);
+      assert.deepEqual(r.json, { rejected: [] });
+      assert.deepEqual(fake.violations, []);
+      assert.equal(fake.delivered.length, 1);
+      const sent = fake.delivered[0];
+      assert.equal(sent.token, hexToken("abc123"), "the base64 pushkey is sent as lowercase hex");
+      assert.equal(sent.headers["apns-topic"], TOPIC);
+      assert.equal(sent.headers["apns-push-type"], "alert");
+      assert.equal(sent.headers["apns-priority"], "10");
+      assert.equal(sent.headers["apns-expiration"], undefined, "no ttl: no apns-expiration");
+      const n = body.notification;
+      assert.equal(sent.payload.aps.alert["loc-key"], "MSG_FROM_USER_IN_ROOM_WITH_CONTENT");
+      assert.deepEqual(sent.payload.aps.alert["loc-args"], [n.sender_display_name, n.room_name, n.content.body]);
+      assert.equal(sent.payload.aps.badge, 1);
+      assert.equal(sent.payload.aps.sound, "default");
+      assert.equal(sent.payload.room_id, n.room_id);
+      assert.equal(sent.payload.event_id, n.event_id);
+    });
+
+    test("member-ios: an invite to a named room", async () => {
+      const body = synapseFixture("member-ios");
+      const r = await worker.notify(body);
+      assertStatus(r, 200);
+      assert.deepEqual(r.json, { rejected: [] });
+      assert.deepEqual(fake.violations, []);
+      const sent = fake.delivered[0];
+      const n = body.notification;
+      assert.equal(sent.payload.aps.alert["loc-key"], "USER_INVITE_TO_NAMED_ROOM");
+      assert.deepEqual(sent.payload.aps.alert["loc-args"], [n.sender_display_name, n.room_name]);
+      assert.equal(sent.payload.aps.badge, 1);
+      assert.equal(sent.payload.room_id, n.room_id);
+      assert.equal(sent.payload.event_id, n.event_id);
+    });
+
+    test("event_id_only (what Element and most clients register): ids, counts and default_payload only", async () => {
+      const body = structuredClone(synapseFixture("event_id_only-android"));
+      const defaultPayload = {
+        aps: { "mutable-content": 1, alert: { "loc-key": "Notification", "loc-args": [] } },
+        account_id: "acct-1",
+      };
+      Object.assign(body.notification.devices[0], {
+        app_id: IOS,
+        pushkey: "q83vEjRWeJA=",
+        data: { format: "event_id_only", default_payload: defaultPayload },
+      });
+      const r = await worker.notify(body);
+      assertStatus(r, 200);
+      assert.deepEqual(r.json, { rejected: [] });
+      assert.deepEqual(fake.violations, []);
+      const { payload } = fake.delivered[0];
+      assert.equal(payload.aps["mutable-content"], 1);
+      assert.equal(payload.aps.alert["loc-key"], "Notification");
+      assert.equal(payload.account_id, "acct-1", "top-level default_payload keys are kept");
+      assert.equal(payload.room_id, body.notification.room_id);
+      assert.equal(payload.event_id, body.notification.event_id);
+      assert.equal(payload.unread_count, 1);
+      assert.equal(typeof payload.unread_count, "number", "unread_count is an integer");
+    });
+
+    test("event_id_only carries nothing about the message", async () => {
+      const n = notification([device("q83vEjRWeJA=", IOS, { format: "event_id_only" })], {
+        sender_display_name: "Secret Sender", room_name: "Secret Room", content: { msgtype: "m.text", body: "secret text" },
+      });
+      assertStatus(await worker.notify(n), 200);
+      const { raw } = fake.delivered[0];
+      for (const secret of ["Secret Sender", "Secret Room", "secret text"]) {
+        assert.ok(!raw.includes(secret), `${secret} leaked into ${raw}`);
+      }
+    });
+
+    test("badge-only (no event_id, after a read receipt): aps.badge alone, no default_payload", async () => {
+      const n = {
+        notification: {
+          counts: { unread: 3, missed_calls: 1 },
+          devices: [device("q83vEjRWeJA=", IOS, { default_payload: { aps: { "mutable-content": 1 }, account_id: "x" } })],
+        },
+      };
+      const r = await worker.notify(n);
+      assertStatus(r, 200);
+      assert.deepEqual(fake.violations, []);
+      assert.deepEqual(fake.delivered[0].payload, { aps: { badge: 4 } });
+    });
+  });
+
+  describe("the request", () => {
+    test("the provider token: ES256, kid and iss, iat on the 30-minute mark, shared between sends", async () => {
+      for (let i = 0; i < 3; i++) {
+        assertStatus(await worker.notify(notification([device(pushkey()), device(pushkey())])), 200);
+      }
+      assert.deepEqual(fake.violations, []);
+      assert.equal(fake.tokensSeen.length, 6);
+      const { header, claims, jwt } = fake.tokensSeen[0];
+      assert.equal(header.alg, "ES256");
+      assert.equal(header.kid, KEY_ID);
+      assert.equal(claims.iss, TEAM_ID);
+      assert.equal(claims.iat % 1800, 0, `iat ${claims.iat} is floored to the 30-minute mark`);
+      assert.ok(claims.iat <= now() && claims.iat > now() - 1800, `iat ${claims.iat} is the last mark`);
+      assert.ok(fake.tokensSeen.every((t) => t.jwt === jwt), "one token for every send");
+    });
+
+    test("the token is cached in KV TOKENS with an expiration", async () => {
+      assertStatus(await worker.notify(notification([device(pushkey())])), 200);
+      const { keys } = await worker.tokens.list();
+      assert.ok(keys.length >= 1, "a token entry is in TOKENS");
+      const jwt = fake.tokensSeen[0].jwt;
+      let found = false;
+      for (const entry of keys) {
+        assert.equal(typeof entry.expiration, "number", `${entry.name} has an expiration`);
+        assert.ok(entry.expiration > now(), `${entry.name} expires in the future`);
+        assert.ok(entry.expiration <= now() + 3600, `${entry.name} expires within the hour APNs accepts a token`);
+        const value = await worker.tokens.get(entry.name);
+        if (value?.includes(jwt)) found = true;
+      }
+      assert.ok(found, "the cached entry holds the token that was sent");
+    });
+
+    test("apns-expiration is now + ttl when the app sets ttl", async () => {
+      const before = now();
+      assertStatus(await worker.notify(notification([device(pushkey(), "com.example.ttl")])), 200);
+      const expiration = Number(fake.delivered[0].headers["apns-expiration"]);
+      assert.ok(expiration >= before + 3600 && expiration <= now() + 3600 + 1, `apns-expiration ${expiration}`);
+    });
+
+    test("apns-priority is 5 for a low-priority push, and for background pushes", async () => {
+      assertStatus(await worker.notify(notification([device(pushkey())], { prio: "low" })), 200);
+      assertStatus(await worker.notify(notification([device(pushkey(), "com.example.background")])), 200);
+      assert.deepEqual(fake.violations, []);
+      assert.deepEqual(fake.delivered.map((d) => d.headers["apns-priority"]), ["5", "5"]);
+      assert.equal(fake.delivered[1].headers["apns-push-type"], "background");
+    });
+
+    test("convert_device_token_to_hex off: the pushkey is sent as is", async () => {
+      const hex = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+      assertStatus(await worker.notify(notification([device(hex, "com.example.raw")])), 200);
+      assert.equal(fake.delivered[0].token, hex);
+    });
+
+    test("base64 without padding is accepted", async () => {
+      const padded = pushkey();
+      const r = await worker.notify(notification([device(padded.replace(/=+$/, ""))]));
+      assertStatus(r, 200);
+      assert.equal(fake.delivered[0].token, hexToken(padded));
+    });
+
+    test("a long message is trimmed to 4096 bytes without splitting a character", async () => {
+      const body = "€😀é".repeat(2000);
+      const r = await worker.notify(notification([device(pushkey())], { content: { msgtype: "m.text", body } }));
+      assertStatus(r, 200);
+      assert.deepEqual(fake.violations, [], "the fake refuses payloads over 4096 bytes");
+      const { raw, payload } = fake.delivered[0];
+      assert.ok(Buffer.byteLength(raw) <= 4096, `${Buffer.byteLength(raw)} bytes`);
+      const text = payload.aps.alert["loc-args"].at(-1);
+      assert.ok(text.length > 100, "the text is trimmed, not dropped");
+      assert.ok(!text.includes("\uFFFD"), "no character was split");
+      assert.ok(body.startsWith(text.replace(/…$/, "")), "the kept text is a prefix of the message");
+    });
+  });
+
+  describe("outcomes", () => {
+    test("200: delivered, not rejected", async () => {
+      const k = pushkey();
+      const r = await worker.notify(notification([device(k)]));
+      assertStatus(r, 200);
+      assert.deepEqual(r.json, { rejected: [] });
+    });
+
+    for (const answer of ["Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic", "TopicDisallowed"]) {
+      test(`${answer}: rejected, not retried`, async () => {
+        const dead = pushkey();
+        const alive = pushkey();
+        fake.answer(hexToken(dead), answer);
+        const r = await worker.notify(notification([device(dead), device(alive)]));
+        assertStatus(r, 200);
+        assert.deepEqual(r.json, { rejected: [dead] });
+        assert.equal(fake.requestsFor(hexToken(dead)).length, 1);
+      });
+    }
+
+    for (const answer of ["TooManyRequests", "TooManyProviderTokenUpdates", "ServiceUnavailable", "InternalServerError"]) {
+      test(`${answer} every time: retried MAX_TRIES times, then 502 M_UNKNOWN`, async () => {
+        const k = pushkey();
+        fake.answer(hexToken(k), answer);
+        const r = await worker.notify(notification([device(k)]));
+        assertStatus(r, 502);
+        assert.equal(r.json.errcode, "M_UNKNOWN");
+        assert.equal(fake.requestsFor(hexToken(k)).length, 3);
+      });
+
+      test(`${answer} once: retried and delivered`, async () => {
+        const k = pushkey();
+        fake.answer(hexToken(k), [answer, "ok"]);
+        const r = await worker.notify(notification([device(k)]));
+        assertStatus(r, 200);
+        assert.deepEqual(r.json, { rejected: [] });
+        assert.equal(fake.requestsFor(hexToken(k)).length, 2);
+      });
+    }
+
+    test("TooManyProviderTokenUpdates keeps the current token", async () => {
+      const k = pushkey();
+      fake.answer(hexToken(k), ["TooManyProviderTokenUpdates", "ok"]);
+      assertStatus(await worker.notify(notification([device(k)])), 200);
+      const [first, second] = fake.requestsFor(hexToken(k));
+      assert.equal(second.headers.authorization, first.headers.authorization);
+    });
+
+    test("Retry-After is honoured", async () => {
+      const k = pushkey();
+      fake.answer(hexToken(k), [{ status: 503, reason: "ServiceUnavailable", headers: { "retry-after": "1" } }, "ok"]);
+      const started = Date.now();
+      assertStatus(await worker.notify(notification([device(k)])), 200);
+      const [first, second] = fake.requestsFor(hexToken(k));
+      assert.ok(second.at - first.at >= 900, `retried after ${second.at - first.at} ms, Retry-After said 1 s`);
+      assert.ok(Date.now() - started < 5000);
+    });
+
+    test("ExpiredProviderToken once: a new token is minted and the push delivered", async () => {
+      const k = pushkey();
+      fake.answer(hexToken(k), ["ExpiredProviderToken", "ok"]);
+      const r = await worker.notify(notification([device(k)]));
+      assertStatus(r, 200);
+      assert.deepEqual(r.json, { rejected: [] });
+      assert.equal(fake.requestsFor(hexToken(k)).length, 2);
+    });
+
+    for (const answer of ["ExpiredProviderToken", "InvalidProviderToken"]) {
+      test(`${answer} twice: one re-mint, then 502, never rejected`, async () => {
+        const k = pushkey();
+        fake.answer(hexToken(k), answer);
+        const r = await worker.notify(notification([device(k)]));
+        assertStatus(r, 502);
+        assert.equal(r.json.errcode, "M_UNKNOWN");
+        assert.equal(fake.requestsFor(hexToken(k)).length, 2);
+      });
+    }
+
+    test("a wrong team id: 502, never rejected", async () => {
+      const k = pushkey();
+      const r = await worker.notify(notification([device(k, "com.example.wrongteam")]));
+      assertStatus(r, 502);
+      assert.match(fake.violations[0], /iss OTHERTEAM1/);
+    });
+
+    test("another 400 (a payload APNs refuses): 502, not retried, not rejected", async () => {
+      const k = pushkey();
+      fake.answer(hexToken(k), "BadCollapseId");
+      const r = await worker.notify(notification([device(k)]));
+      assertStatus(r, 502);
+      assert.equal(r.json.errcode, "M_UNKNOWN");
+      assert.equal(fake.requestsFor(hexToken(k)).length, 1);
+    });
+
+    test("another 4xx (413): 502, not retried", async () => {
+      const k = pushkey();
+      fake.answer(hexToken(k), { status: 413, reason: "PayloadTooLarge" });
+      assertStatus(await worker.notify(notification([device(k)])), 502);
+      assert.equal(fake.requestsFor(hexToken(k)).length, 1);
+    });
+
+    test("an undecodable pushkey: rejected without a request", async () => {
+      for (const bad of ["not base64!", "a", "ab$cd="]) {
+        const r = await worker.notify(notification([device(bad)]));
+        assertStatus(r, 200);
+        assert.deepEqual(r.json, { rejected: [bad] });
+      }
+      assert.equal(fake.requests.length, 0);
+    });
+
+    test("a transient failure next to a rejection: 502 (the homeserver retries)", async () => {
+      const down = pushkey();
+      const dead = pushkey();
+      fake.answer(hexToken(down), "ServiceUnavailable");
+      fake.answer(hexToken(dead), "Unregistered");
+      const r = await worker.notify(notification([device(down), device(dead)]));
+      assertStatus(r, 502);
+    });
+  });
+
+  test("the log holds no whole pushkey, token or key", async () => {
+    assertStatus(await worker.notify(notification([device(pushkey())])), 200);
+    await worker.waitForLog(() => false, 300);
+    const log = worker.logText();
+    assert.ok(worker.logs.length > 0, "the worker logs each notify");
+    for (const k of usedPushkeys) {
+      assert.ok(!log.includes(k) && !log.includes(hexToken(k)), `pushkey ${k.slice(0, 6)}… is in the log`);
+    }
+    for (const { jwt } of fake.tokensSeen) {
+      assert.ok(!log.includes(jwt.split(".")[2]), "a provider token is in the log");
+    }
+    assert.ok(!log.includes("PRIVATE KEY") && !log.includes(key.p8.split("\n")[1]), "the key is in the log");
+  });
+});
+
+describe("APNs with a key Apple does not know", () => {
+  // Apps sharing a team and key id share one token, so the wrong key gets a
+  // worker of its own.
+  test("the signature fails: 502 after one re-mint, never rejected", async () => {
+    const fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID });
+    const worker = await startWorker({ apps: { [IOS]: apnsApp(fake.origin) }, secrets: { APNS_KEY: otherKey.p8 } });
+    try {
+      const k = randomPushkey();
+      const r = await worker.notify(notification([device(k)]));
+      assertStatus(r, 502);
+      assert.equal(r.json.errcode, "M_UNKNOWN");
+      assert.equal(fake.requestsFor(hexToken(k)).length, 2);
+      assert.match(fake.violations[0], /InvalidProviderToken: ES256 signature/);
+    } finally {
+      await worker.close();
+      await fake.close();
+    }
+  });
+});
+
+describe("APNs timeouts", () => {
+  test("a send slower than SEND_TIMEOUT_MS is transient: retried, then 502", async () => {
+    const fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID });
+    const worker = await startWorker({
+      apps: { [IOS]: apnsApp(fake.origin) },
+      secrets: { APNS_KEY: key.p8 },
+      vars: { SEND_TIMEOUT_MS: "200", MAX_TRIES: "2" },
+    });
+    try {
+      const k = randomPushkey();
+      fake.answer(hexToken(k), { status: 200, delayMs: 1500 });
+      const started = Date.now();
+      const r = await worker.notify(notification([device(k)]));
+      assertStatus(r, 502);
+      assert.equal(fake.requestsFor(hexToken(k)).length, 2);
+      assert.ok(Date.now() - started < 1500, "each send is cut at SEND_TIMEOUT_MS");
+    } finally {
+      await worker.close();
+      await fake.close();
+    }
+  });
+
+  test("an APNs that is down (connection refused) is transient: 502", async () => {
+    const fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID });
+    const origin = fake.origin;
+    await fake.close();
+    const worker = await startWorker({ apps: { [IOS]: apnsApp(origin) }, secrets: { APNS_KEY: key.p8 } });
+    try {
+      const r = await worker.notify(notification([device(randomPushkey())]));
+      assertStatus(r, 502);
+      assert.equal(r.json.errcode, "M_UNKNOWN");
+    } finally {
+      await worker.close();
+    }
+  });
+});
