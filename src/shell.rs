@@ -41,7 +41,12 @@ fn load(env: &Env) -> Isolate {
         console_error!("{}", serde_json::json!({ "msg": "config warning", "warning": warning }));
     }
     let secret = |name: &str| env.secret(name).ok().map(|v| v.to_string());
-    let apps_value = env.object_var::<serde_json::Value>("APPS").ok();
+    // A [vars] table arrives as an object; .dev.vars and secrets as a string,
+    // which `object_var` refuses.
+    let apps_value = env
+        .object_var::<serde_json::Value>("APPS")
+        .ok()
+        .or_else(|| env.var("APPS").ok().map(|v| serde_json::Value::String(v.to_string())));
     let apps = Apps::load(apps_value.as_ref(), &secret);
     if let Some(error) = &apps.global_error {
         console_error!("{}", serde_json::json!({ "msg": "APPS is broken", "error": error }));
