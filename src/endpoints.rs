@@ -371,6 +371,22 @@ mod tests {
         assert!(err.contains("https://b.example") && !err.contains("SECRET"), "{err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_and_checking_never_panic(url in "\\PC{0,60}", tail in "[a-zA-Z0-9.:\\[\\]@/%?#*-]{0,40}") {
+            let default = AllowedEndpoints::from_config(None).unwrap();
+            let listed = policy(&["*.example.net", "http://127.0.0.1:*"]);
+            for candidate in [url.clone(), format!("https://{tail}"), format!("http://{tail}")] {
+                if let Ok(e) = default.check(&candidate) {
+                    proptest::prop_assert_eq!(e.scheme.as_str(), "https");
+                    proptest::prop_assert!(!e.is_ip_literal() && e.host.contains('.'));
+                }
+                let _ = listed.check(&candidate);
+                let _ = AllowedEndpoints::from_config(Some(&[candidate.clone()]));
+            }
+        }
+    }
+
     #[test]
     fn bad_entries_are_named_when_the_app_loads() {
         for (entries, needle) in [
