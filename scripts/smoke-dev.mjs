@@ -68,6 +68,7 @@ try {
   const deadline = Date.now() + STARTUP_TIMEOUT_MS;
   let health;
   while (Date.now() < deadline && wrangler.child.exitCode === null) {
+    if (/Running custom build .* failed/.test(wrangler.read())) throw new Error("the build failed under wrangler dev");
     try {
       health = await fetch(`${base}/health`);
       break;
