@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::config::{Apps, Lookup, Settings};
 use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
+use crate::providers::jwt::JwtToSign;
 use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict};
 use crate::tokens::{TokenCache, TokenSource};
 
@@ -25,6 +26,11 @@ pub trait Transport {
     fn random(&self) -> f64;
     async fn kv_get(&self, key: &str) -> Option<String>;
     async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64);
+    /// The signature of `jwt.signing_input`. The worker signs with
+    /// WebCrypto; by default jwt-compact signs in process.
+    async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
+        Ok(jwt.key.sign_in_process(jwt.signing_input.as_bytes()))
+    }
 }
 
 /// No retry starts after this much time in one request: the homeserver's

@@ -119,15 +119,25 @@ impl TokenCache {
         }
 
         let now = transport.now_ms() / 1000;
-        let token = match app.mint(prepared, now)? {
-            Mint::Ready(t) => t,
-            Mint::Exchange(request) => {
-                let response = transport
-                    .send(&request)
-                    .await
-                    .map_err(|e| Verdict::transient(format!("token endpoint unreachable: {e}")))?;
-                app.finish_exchange(&response, transport.now_ms() / 1000)?
-            }
+        let mut step = app.mint(prepared, now)?;
+        let token = loop {
+            step = match step {
+                Mint::Ready(t) => break t,
+                Mint::Sign(jwt) => {
+                    let signature = transport
+                        .sign(&jwt)
+                        .await
+                        .map_err(|e| Verdict::failed(format!("signing a {} token failed: {e}", jwt.key.alg().name())))?;
+                    app.signed(jwt.finish(&signature), now)?
+                }
+                Mint::Exchange(request) => {
+                    let response = transport
+                        .send(&request)
+                        .await
+                        .map_err(|e| Verdict::transient(format!("token endpoint unreachable: {e}")))?;
+                    Mint::Ready(app.finish_exchange(&response, transport.now_ms() / 1000)?)
+                }
+            };
         };
         self.tokens.borrow_mut().insert(key.to_string(), token.clone());
         let stored = StoredToken { value: token.value.clone(), valid_until: token.valid_until };

@@ -3,17 +3,17 @@
 //! `mint` signs, and hands the answer to `classify`.
 
 use std::fmt;
+use std::rc::Rc;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use jwt_compact::alg::Es256;
-use jwt_compact::{AlgorithmExt as _, Claims, Header};
 use p256::ecdsa::SigningKey;
 use p256::pkcs8::DecodePrivateKey as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::jwt::{JwtKey, JwtToSign};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::{ApnsConfig, ApnsPlatform};
 use crate::notify::{Device, Kind, Notification, Prio};
@@ -42,19 +42,11 @@ const PUSHKEY_BASE64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_allow_trailing_bits(true),
 );
 
-/// The `.p8` signing key; its `Debug` never shows it.
-struct ProviderKey(SigningKey);
-
-impl fmt::Debug for ProviderKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// An APNs app with its signing key loaded.
 pub struct ApnsApp {
     pub config: ApnsConfig,
-    key: ProviderKey,
+    /// The `.p8` signing key; its `Debug` never shows it.
+    key: Rc<JwtKey>,
 }
 
 impl fmt::Debug for ApnsApp {
@@ -79,7 +71,8 @@ impl ApnsApp {
                 config.key_secret
             )
         })?;
-        Ok(Self { config, key: ProviderKey(key) })
+        let key = JwtKey::es256(key).map_err(|e| format!("key_secret: {e}"))?;
+        Ok(Self { config, key: Rc::new(key) })
     }
 
     /// The request for one device, or a verdict reached without sending.
@@ -107,13 +100,18 @@ impl ApnsApp {
     /// key_id, `iss` = team_id, `iat` = the window's start. APNs ignores
     /// `exp`, so there is none; `valid_until` ends the token's use instead.
     pub fn mint(&self, now: UnixSecs) -> Result<MintedToken, Verdict> {
-        let window = TokenWindow::containing(now);
-        let header = Header::empty().with_key_id(self.config.key_id.clone());
-        let claims = Claims::new(ProviderClaims { iss: &self.config.team_id, iat: window.start });
-        let value = Es256
-            .token(&header, &claims, &self.key.0)
-            .map_err(|e| Verdict::failed(format!("apns provider token cannot be signed: {e}")))?;
-        Ok(MintedToken { value, valid_until: window.end })
+        Ok(self.token_from(self.provider_token(now)?.sign_in_process(), now))
+    }
+
+    /// The provider token of `mint`, to be signed by the transport's signer.
+    pub fn provider_token(&self, now: UnixSecs) -> Result<JwtToSign, Verdict> {
+        let claims = ProviderClaims { iss: &self.config.team_id, iat: TokenWindow::containing(now).start };
+        JwtToSign::new(self.key.clone(), Some(&self.config.key_id), None, &claims)
+    }
+
+    /// A signed provider token, used until the end of its window.
+    pub fn token_from(&self, jwt: String, now: UnixSecs) -> MintedToken {
+        MintedToken { value: jwt, valid_until: TokenWindow::containing(now).end }
     }
 
     fn origin(&self) -> &str {
@@ -499,6 +497,8 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
+    use jwt_compact::alg::Es256;
+    use jwt_compact::AlgorithmExt as _;
     use std::time::Duration;
 
     use jwt_compact::UntrustedToken;

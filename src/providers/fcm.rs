@@ -7,15 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::rc::Rc;
 
-use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
-use jwt_compact::{AlgorithmExt as _, Claims, Header};
 use rsa::pkcs1::DecodeRsaPrivateKey as _;
 use rsa::pkcs8::DecodePrivateKey as _;
 use rsa::RsaPrivateKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::jwt::{JwtKey, JwtToSign};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
 use crate::notify::{Device, Kind, Notification, Prio};
@@ -57,7 +57,7 @@ pub struct FcmApp {
 struct ServiceAccount {
     client_email: String,
     token_uri: String,
-    key: StrongKey<RsaPrivateKey>,
+    key: Rc<JwtKey>,
 }
 
 impl fmt::Debug for FcmApp {
@@ -147,22 +147,27 @@ impl FcmApp {
 
     /// The RS256 assertion (`{"alg":"RS256","typ":"JWT"}`) for `now`.
     pub fn assertion(&self, now: UnixSecs) -> Result<String, Verdict> {
-        let header = Header::empty().with_token_type("JWT");
-        let claims = Claims::new(self.assertion_claims(now));
-        StrongAlg(Rsa::rs256())
-            .token(&header, &claims, &self.account.key)
-            .map_err(|_| Verdict::failed("could not sign the OAuth assertion"))
+        Ok(self.assertion_to_sign(now)?.sign_in_process())
+    }
+
+    /// The assertion of `assertion`, to be signed by the transport's signer.
+    pub fn assertion_to_sign(&self, now: UnixSecs) -> Result<JwtToSign, Verdict> {
+        JwtToSign::new(self.account.key.clone(), None, Some("JWT"), &self.assertion_claims(now))
     }
 
     /// The OAuth exchange: the assertion posted to `token_uri`.
     pub fn token_request(&self, now: UnixSecs) -> Result<OutRequest, Verdict> {
-        let assertion = self.assertion(now)?;
-        Ok(OutRequest {
+        Ok(self.token_request_with(&self.assertion(now)?))
+    }
+
+    /// The OAuth exchange for a signed assertion.
+    pub fn token_request_with(&self, assertion: &str) -> OutRequest {
+        OutRequest {
             url: self.account.token_uri.clone(),
             headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
             // The assertion is base64url and dots: nothing to escape.
             body: format!("grant_type={JWT_BEARER_GRANT}&assertion={assertion}").into_bytes(),
-        })
+        }
     }
 
     /// Read the token endpoint's answer. "A token endpoint that is down is
@@ -263,9 +268,8 @@ impl ServiceAccount {
         let key = RsaPrivateKey::from_pkcs8_pem(&pem)
             .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
             .map_err(|_| "has a `private_key` that is not an RSA private key in PEM (PKCS#8)".to_string())?;
-        let key = StrongKey::try_from(key)
-            .map_err(|_| "has a `private_key` of an unsupported size (RSA 2048, 3072 or 4096 bits)".to_string())?;
-        Ok(Self { client_email, token_uri, key })
+        let key = JwtKey::rs256(key).map_err(|e| format!("has an unusable `private_key`: {e}"))?;
+        Ok(Self { client_email, token_uri, key: Rc::new(key) })
     }
 }
 
@@ -582,6 +586,8 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
+    use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
+    use jwt_compact::AlgorithmExt as _;
     use super::*;
     use crate::notify::parse_notify;
     use jwt_compact::UntrustedToken;

@@ -7,6 +7,7 @@
 
 pub mod apns;
 pub mod fcm;
+pub mod jwt;
 pub mod unifiedpush;
 pub mod webpush;
 
@@ -159,11 +160,13 @@ impl fmt::Debug for MintedToken {
     }
 }
 
-/// How a credential is obtained.
+/// How a credential is obtained, one step at a time.
 #[derive(Debug)]
 pub enum Mint {
-    /// Signed locally (APNs provider token, VAPID).
+    /// Done.
     Ready(MintedToken),
+    /// A JWT to sign (by the transport's signer); then call `App::signed`.
+    Sign(jwt::JwtToSign),
     /// Exchanged over HTTP (FCM OAuth): send this, then `finish_exchange`.
     Exchange(OutRequest),
 }
@@ -209,12 +212,23 @@ impl App {
         }
     }
 
-    /// Mint the credential named by `prepared.token_key`.
+    /// The first step of minting the credential named by `prepared.token_key`:
+    /// the JWT to sign.
     pub fn mint(&self, prepared: &Prepared, now: UnixSecs) -> Result<Mint, Verdict> {
         match self {
-            App::Apns(a) => a.mint(now).map(Mint::Ready),
-            App::Fcm(a) => a.token_request(now).map(Mint::Exchange),
-            App::WebPush(a) => a.mint(prepared, now).map(Mint::Ready),
+            App::Apns(a) => a.provider_token(now).map(Mint::Sign),
+            App::Fcm(a) => a.assertion_to_sign(now).map(Mint::Sign),
+            App::WebPush(a) => a.vapid_to_sign(prepared, now).map(Mint::Sign),
+            App::UnifiedPush(_) => Err(Verdict::failed("unifiedpush sends need no credential")),
+        }
+    }
+
+    /// The step after the JWT of `mint` was signed.
+    pub fn signed(&self, jwt: String, now: UnixSecs) -> Result<Mint, Verdict> {
+        match self {
+            App::Apns(a) => Ok(Mint::Ready(a.token_from(jwt, now))),
+            App::Fcm(a) => Ok(Mint::Exchange(a.token_request_with(&jwt))),
+            App::WebPush(a) => Ok(Mint::Ready(a.token_from(jwt, now))),
             App::UnifiedPush(_) => Err(Verdict::failed("unifiedpush sends need no credential")),
         }
     }

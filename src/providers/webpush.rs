@@ -5,6 +5,7 @@
 //! `data.endpoint` its push service URL and `data.auth` its auth secret.
 
 use std::fmt;
+use std::rc::Rc;
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, OsRng};
@@ -12,8 +13,6 @@ use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hkdf::Hkdf;
-use jwt_compact::alg::Es256;
-use jwt_compact::{AlgorithmExt, Claims, Header};
 use p256::ecdsa::SigningKey;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::DecodePrivateKey;
@@ -22,6 +21,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::jwt::{JwtKey, JwtToSign};
 use super::{
     normalize_pem, require_secret, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
     Verdict,
@@ -55,7 +55,7 @@ const TOPIC_LEN: usize = 32;
 
 /// The app's VAPID key pair. Its `Debug` shows the public half only.
 struct VapidKey {
-    signing: SigningKey,
+    signing: Rc<JwtKey>,
     /// Uncompressed public key, base64url: the `k=` of the Authorization header.
     public_b64: String,
 }
@@ -78,7 +78,8 @@ impl VapidKey {
         };
         let public = secret.public_key().to_sec1_bytes();
         let public_b64 = URL_SAFE_NO_PAD.encode(public);
-        Some(Self { signing: SigningKey::from(&secret), public_b64 })
+        let signing = JwtKey::es256(SigningKey::from(&secret)).ok()?;
+        Some(Self { signing: Rc::new(signing), public_b64 })
     }
 
     /// Tells tokens of different keys apart in the shared token cache.
@@ -160,20 +161,23 @@ impl WebPushApp {
 
     /// A VAPID token for the origin of `prepared`'s endpoint.
     pub fn mint(&self, prepared: &Prepared, now: UnixSecs) -> Result<MintedToken, Verdict> {
-        let endpoint = Endpoint::parse(&prepared.request.url).map_err(Verdict::failed)?;
-        let value = self.vapid_token(&endpoint.origin(), now)?;
-        Ok(MintedToken { value, valid_until: now.saturating_add(VAPID_REUSE_SECS) })
+        Ok(self.token_from(self.vapid_to_sign(prepared, now)?.sign_in_process(), now))
     }
 
-    fn vapid_token(&self, audience: &str, now: UnixSecs) -> Result<String, Verdict> {
-        let claims = Claims::new(VapidClaims {
-            aud: audience.to_string(),
+    /// The VAPID token of `mint`, to be signed by the transport's signer.
+    pub fn vapid_to_sign(&self, prepared: &Prepared, now: UnixSecs) -> Result<JwtToSign, Verdict> {
+        let endpoint = Endpoint::parse(&prepared.request.url).map_err(Verdict::failed)?;
+        let claims = VapidClaims {
+            aud: endpoint.origin(),
             exp: now.saturating_add(VAPID_LIFETIME_SECS),
             sub: self.contact.clone(),
-        });
-        Es256
-            .token(&Header::empty().with_token_type("JWT"), &claims, &self.key.signing)
-            .map_err(|e| Verdict::failed(format!("signing the VAPID token failed: {e}")))
+        };
+        JwtToSign::new(self.key.signing.clone(), None, Some("JWT"), &claims)
+    }
+
+    /// A signed VAPID token, reused for [`VAPID_REUSE_SECS`].
+    pub fn token_from(&self, jwt: String, now: UnixSecs) -> MintedToken {
+        MintedToken { value: jwt, valid_until: now.saturating_add(VAPID_REUSE_SECS) }
     }
 
     /// RFC 8292 section 3: `vapid t=<JWT>, k=<public key>`.
@@ -399,6 +403,8 @@ pub fn encrypt_with(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
+    use jwt_compact::alg::Es256;
+    use jwt_compact::AlgorithmExt as _;
     use super::*;
     use crate::notify::parse_notify;
     use jwt_compact::UntrustedToken;
