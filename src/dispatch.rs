@@ -96,6 +96,10 @@ impl<T: Transport> Dispatcher<'_, T> {
             token: None,
             ms: 0,
         };
+        if let Some(error) = &self.apps.global_error {
+            // Without a usable APPS nothing can be said about any device.
+            return finish(report, Verdict::failed(format!("APPS is broken: {error}")), started, self.transport);
+        }
         let app = match self.apps.find(&d.app_id) {
             Lookup::Found(app) => app,
             Lookup::NoMatch => return finish(report, Verdict::rejected("no app configured for this app_id"), started, self.transport),
@@ -447,6 +451,9 @@ mod dispatch_tests {
         let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.broken", "k1")]));
         assert_eq!(answer.status, 502, "a broken app's devices fail, never rejected");
         assert_eq!(reports[0].outcome, FinalOutcome::Failed);
+        let broken = Dispatcher { transport: &t, apps: &Apps::load(None, &|_: &str| None), settings: &Settings::default(), tokens: &TokenCache::default() };
+        let results = block_on(broken.dispatch(&notification(&[("com.example.ios", "k0")])));
+        assert_eq!(reply(&results).status, 502, "no APPS: failed, never rejected");
         let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("glob.x", "k2")]));
         assert_eq!(answer.body, json!({"rejected": ["k2"]}), "two globs match: rejected");
         assert!(t.sent.borrow().is_empty());

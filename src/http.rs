@@ -8,6 +8,7 @@ use worker::{
 };
 
 use crate::dispatch::Transport;
+use crate::providers::jwt::JwtToSign;
 use crate::providers::{OutRequest, ProviderResponse};
 
 /// Provider answers are small; a larger body is cut here.
@@ -51,6 +52,10 @@ impl Transport for WorkerTransport {
         let mut body = response.bytes().await.unwrap_or_default();
         body.truncate(MAX_RESPONSE_BYTES);
         Ok(ProviderResponse { status: response.status_code(), headers, body })
+    }
+
+    async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
+        crate::webcrypto::sign(jwt).await
     }
 
     async fn sleep(&self, ms: u64) {

@@ -19,3 +19,5 @@ pub mod tokens;
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod shell;
+#[cfg(target_arch = "wasm32")]
+mod webcrypto;
