@@ -333,8 +333,25 @@ mod dispatch_tests {
         }
     }
 
+    /// Pending once: lets the other devices' futures run, as awaiting I/O does.
+    struct YieldOnce(bool);
+
+    impl std::future::Future for YieldOnce {
+        type Output = ();
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            if self.0 {
+                std::task::Poll::Ready(())
+            } else {
+                self.0 = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        }
+    }
+
     impl Transport for FakeTransport {
         async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+            YieldOnce(false).await;
             self.sent.borrow_mut().push(request.clone());
             let token = request.url.rsplit('/').next().unwrap_or_default().to_string();
             let mut script = self.script.borrow_mut();
@@ -348,6 +365,7 @@ mod dispatch_tests {
         async fn sleep(&self, ms: u64) {
             self.slept_ms.borrow_mut().push(ms);
             self.clock_ms.set(self.clock_ms.get() + ms);
+            YieldOnce(false).await;
         }
         fn now_ms(&self) -> u64 {
             self.clock_ms.get()
@@ -356,6 +374,7 @@ mod dispatch_tests {
             0.5
         }
         async fn kv_get(&self, key: &str) -> Option<String> {
+            YieldOnce(false).await;
             self.kv_gets.set(self.kv_gets.get() + 1);
             self.kv.borrow().get(key).map(|(v, _)| v.clone())
         }
@@ -366,14 +385,20 @@ mod dispatch_tests {
 
     fn apps() -> Apps {
         let pem = p256::SecretKey::from_slice(&[7u8; 32]).unwrap().to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
-        let secrets = move |name: &str| (name == "APNS_KEY").then(|| pem.clone());
+        let account = include_str!("../tests/keys/test-only-fcm-service-account.json").to_string();
+        let secrets = move |name: &str| match name {
+            "APNS_KEY" => Some(pem.clone()),
+            "FCM" => Some(account.clone()),
+            _ => None,
+        };
         Apps::load(
             Some(&json!({
                 "com.example.ios": {"type": "apns", "topic": "com.example", "team_id": "TEAM", "key_id": "KEY",
                                      "key_secret": "APNS_KEY", "convert_device_token_to_hex": false},
                 "com.example.broken": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "MISSING"},
                 "glob.*": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
-                "*.x": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"}
+                "*.x": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
+                "com.example.android": {"type": "fcm", "project_id": "p", "service_account_secret": "FCM"}
             })),
             &secrets,
         )
@@ -479,5 +504,26 @@ mod dispatch_tests {
         assert_eq!(t.kv_gets.get(), kv_gets + 1);
         let (_, ttl) = t.kv.borrow().values().next().cloned().unwrap();
         assert!((60..=1800).contains(&ttl), "{ttl}");
+    }
+
+    #[test]
+    fn concurrent_devices_share_one_token_fetch_even_when_it_fails() {
+        let t = FakeTransport::new();
+        t.answer("token", vec![Some((503, ""))]);
+        let n = notification(&[("com.example.android", "a"), ("com.example.android", "b"), ("com.example.android", "c")]);
+        let (answer, reports) = run(&t, &TokenCache::default(), &n);
+        assert_eq!(answer.status, 502);
+        assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Transient), "{reports:?}");
+        let max_tries = Settings::default().max_tries as usize;
+        assert_eq!(t.sent_to("token"), max_tries, "one token fetch per round, not per device");
+        assert_eq!(t.sent.borrow().len(), max_tries, "no message is sent without a token");
+
+        let t = FakeTransport::new();
+        t.answer("token", vec![Some((200, r#"{"access_token":"ya29.test","expires_in":3599,"token_type":"Bearer"}"#))]);
+        let tokens = TokenCache::default();
+        let (answer, _) = run(&t, &tokens, &n);
+        assert_eq!(answer.status, 200);
+        assert_eq!(t.sent_to("token"), 1);
+        assert!(t.sent.borrow().iter().filter(|r| r.url.ends_with(":send")).all(|r| r.header("authorization") == Some("Bearer ya29.test")));
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::dispatch::Transport;
-use crate::providers::{App, Mint, MintedToken, Prepared, UnixSecs, Verdict};
+use crate::providers::{App, Mint, MintedToken, Outcome, Prepared, UnixSecs, Verdict};
 
 /// KV refuses expiration TTLs under 60 seconds.
 pub const KV_MIN_TTL_SECS: u64 = 60;
@@ -21,6 +21,8 @@ pub const KV_MIN_TTL_SECS: u64 = 60;
 /// How long a caller waits for another caller's mint before minting itself.
 const MINT_WAIT_MS: u64 = 5_000;
 const MINT_POLL_MS: u64 = 5;
+/// How long refused credentials are not retried by other callers.
+const REFUSAL_MEMORY_MS: u64 = 10_000;
 
 /// A token as stored in KV.
 #[derive(Serialize, Deserialize)]
@@ -35,6 +37,9 @@ pub struct TokenCache {
     tokens: RefCell<HashMap<String, MintedToken>>,
     /// Keys being minted, with the time (ms) the mint started.
     minting: RefCell<HashMap<String, u64>>,
+    /// The last failed mint per key, with its time (ms): callers that waited
+    /// for it share its verdict instead of each asking the token endpoint.
+    failures: RefCell<HashMap<String, (Verdict, u64)>>,
 }
 
 /// Marks a key as being minted for as long as it lives.
@@ -90,6 +95,9 @@ impl TokenCache {
             if let Some(t) = self.cached(key, now) {
                 return Ok((t, TokenSource::Memory));
             }
+            if let Some(verdict) = self.shared_failure(key, waited_since, transport.now_ms()) {
+                return Err(verdict);
+            }
             let busy = self
                 .minting
                 .borrow()
@@ -104,7 +112,35 @@ impl TokenCache {
 
         self.minting.borrow_mut().insert(key.to_string(), transport.now_ms());
         let _guard = MintGuard { cache: self, key: key.to_string() };
+        let result = self.load_or_mint(transport, app, prepared, key, skip_kv).await;
+        match &result {
+            Ok(_) => {
+                self.failures.borrow_mut().remove(key);
+            }
+            Err(verdict) => {
+                self.failures.borrow_mut().insert(key.to_string(), (verdict.clone(), transport.now_ms()));
+            }
+        }
+        result
+    }
 
+    /// A failure to hand to this caller: one that happened while it waited,
+    /// or a recent `Failed` (refused credentials stay refused for a while).
+    fn shared_failure(&self, key: &str, waited_since: u64, now_ms: u64) -> Option<Verdict> {
+        let failures = self.failures.borrow();
+        let (verdict, at) = failures.get(key)?;
+        let recent_refusal = verdict.outcome == Outcome::Failed && now_ms.saturating_sub(*at) < REFUSAL_MEMORY_MS;
+        (*at >= waited_since || recent_refusal).then(|| verdict.clone())
+    }
+
+    async fn load_or_mint<T: Transport>(
+        &self,
+        transport: &T,
+        app: &App,
+        prepared: &Prepared,
+        key: &str,
+        skip_kv: bool,
+    ) -> Result<(MintedToken, TokenSource), Verdict> {
         let kv_key = kv_key(key);
         if !skip_kv {
             if let Some(stored) = transport.kv_get(&kv_key).await {
