@@ -306,11 +306,13 @@ mod dispatch_tests {
     use super::*;
     use crate::notify::parse_notify;
 
+    type ScriptedAnswer = (u16, &'static str, Vec<(String, String)>);
+
     /// Answers by the last path segment of the URL (the device token), in
     /// order; the last answer repeats. `None` is a network error.
     #[derive(Default)]
     struct FakeTransport {
-        script: RefCell<HashMap<String, VecDeque<Option<(u16, &'static str, Vec<(String, String)>)>>>>,
+        script: RefCell<HashMap<String, VecDeque<Option<ScriptedAnswer>>>>,
         sent: RefCell<Vec<OutRequest>>,
         clock_ms: Cell<u64>,
         slept_ms: RefCell<Vec<u64>>,

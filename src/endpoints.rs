@@ -382,7 +382,7 @@ mod tests {
                     proptest::prop_assert!(!e.is_ip_literal() && e.host.contains('.'));
                 }
                 let _ = listed.check(&candidate);
-                let _ = AllowedEndpoints::from_config(Some(&[candidate.clone()]));
+                let _ = AllowedEndpoints::from_config(Some(std::slice::from_ref(&candidate)));
             }
         }
     }

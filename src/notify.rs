@@ -100,16 +100,21 @@ impl Device {
         self.data.get("format").and_then(Value::as_str) == Some("event_id_only")
     }
 
-    /// `data.default_payload`: `Ok(None)` when absent or null, `Err(())` when it
+    /// `data.default_payload`: `Ok(None)` when absent or null, an error when it
     /// is present but not an object (the device's own data is unusable).
-    pub fn default_payload(&self) -> Result<Option<&Map<String, Value>>, ()> {
+    pub fn default_payload(&self) -> Result<Option<&Map<String, Value>>, DefaultPayloadNotAnObject> {
         match self.data.get("default_payload") {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(map)) => Ok(Some(map)),
-            Some(_) => Err(()),
+            Some(_) => Err(DefaultPayloadNotAnObject),
         }
     }
 }
+
+/// A device's `data.default_payload` that is not a JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("data.default_payload is not a JSON object")]
+pub struct DefaultPayloadNotAnObject;
 
 /// Which payload a device receives, decided in DESIGN.md's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +316,7 @@ fn parse_device(index: usize, v: &Value) -> Result<Device, ApiError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -109,7 +109,7 @@ async fn notify(mut req: Request, env: &Env) -> Reply {
         status: reply.status,
         ms: transport.now_ms().saturating_sub(started),
         devices: &reports,
-        error: (reply.status != 200).then(|| reply.body["error"].as_str().unwrap_or_default().to_string()),
+        error: (reply.status != 200).then(|| reply.body.get("error").and_then(|e| e.as_str()).unwrap_or_default().to_string()),
     };
     write_metrics(env, &reports, reply.status);
     match serde_json::to_string(&log) {

@@ -209,7 +209,7 @@ fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
 pub fn payload(n: &Notification, d: &Device) -> Result<Value, Verdict> {
     let default_payload = d
         .default_payload()
-        .map_err(|()| Verdict::rejected("data.default_payload is not a JSON object"))?;
+        .map_err(Verdict::from)?;
     let unbounded = match n.kind_for(d) {
         Kind::BadgeOnly => json!({ "aps": { "badge": n.counts.badge() } }),
         Kind::EventIdOnly => event_id_only_payload(n, default_payload),

@@ -361,7 +361,7 @@ pub fn data_for(
     operator: Option<&Map<String, Value>>,
 ) -> Result<Map<String, Value>, Verdict> {
     let default_payload =
-        d.default_payload().map_err(|()| Verdict::rejected("the device's data.default_payload is not an object"))?;
+        d.default_payload().map_err(Verdict::from)?;
     let kind = n.kind_for(d);
     let mut data = DataBuilder::default();
 

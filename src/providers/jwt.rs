@@ -42,7 +42,7 @@ impl JwtAlg {
 
 enum InProcessKey {
     Es256(SigningKey),
-    Rs256(StrongKey<RsaPrivateKey>),
+    Rs256(Box<StrongKey<RsaPrivateKey>>),
 }
 
 /// A signing key, parsed once per isolate, in both forms a signer needs.
@@ -78,7 +78,7 @@ impl JwtKey {
         let der = key.to_pkcs8_der().map_err(|e| format!("the key cannot be encoded as PKCS#8: {e}"))?;
         let id = key_id("rs256", &key.n().to_bytes_be());
         let strong = StrongKey::try_from(key).map_err(|_| "the RSA key is shorter than 2048 bits".to_string())?;
-        Ok(Self { alg: JwtAlg::Rs256, id, pkcs8_der: der.as_bytes().to_vec(), in_process: InProcessKey::Rs256(strong) })
+        Ok(Self { alg: JwtAlg::Rs256, id, pkcs8_der: der.as_bytes().to_vec(), in_process: InProcessKey::Rs256(Box::new(strong)) })
     }
 
     pub fn alg(&self) -> JwtAlg {
@@ -98,7 +98,7 @@ impl JwtKey {
     pub fn sign_in_process(&self, message: &[u8]) -> Vec<u8> {
         match &self.in_process {
             InProcessKey::Es256(key) => Es256.sign(key, message).as_bytes().to_vec(),
-            InProcessKey::Rs256(key) => StrongAlg(Rsa::rs256()).sign(key, message).as_bytes().to_vec(),
+            InProcessKey::Rs256(key) => StrongAlg(Rsa::rs256()).sign(key.as_ref(), message).as_bytes().to_vec(),
         }
     }
 }

@@ -137,6 +137,14 @@ impl Verdict {
     }
 }
 
+/// "Rejected: only for evidence about the device ... e.g. a `default_payload`
+/// that is not an object."
+impl From<crate::notify::DefaultPayloadNotAnObject> for Verdict {
+    fn from(e: crate::notify::DefaultPayloadNotAnObject) -> Self {
+        Verdict::rejected(e.to_string())
+    }
+}
+
 /// A device's request, ready but for its credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
@@ -264,7 +272,14 @@ impl App {
     }
 }
 
+/// A PEM as stored in a secret. `.dev.vars` and some CI systems keep a PEM
+/// on one line with literal `\n`; both forms are accepted.
+pub fn normalize_pem(raw: &str) -> String {
+    raw.trim().replace("\\n", "\n")
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -286,8 +301,3 @@ mod tests {
     }
 }
 
-/// A PEM as stored in a secret. `.dev.vars` and some CI systems keep a PEM
-/// on one line with literal `\n`; both forms are accepted.
-pub fn normalize_pem(raw: &str) -> String {
-    raw.trim().replace("\\n", "\n")
-}

@@ -139,7 +139,7 @@ impl WebPushApp {
         }
         let subscription = Subscription::from_device(d, &self.endpoints).map_err(Verdict::rejected)?;
         let default_payload =
-            d.default_payload().map_err(|()| Verdict::rejected("data.default_payload is not an object"))?;
+            d.default_payload().map_err(Verdict::from)?;
         let plaintext = fit_plaintext(payload(n, n.kind_for(d), default_payload))
             .ok_or_else(|| Verdict::failed("the payload does not fit one 4096-byte record even trimmed"))?;
         let body = encrypt(&plaintext, &subscription.p256dh, &subscription.auth).map_err(Verdict::failed)?;
