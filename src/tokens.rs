@@ -7,7 +7,7 @@
 //! and only then minted, and a caller that finds a mint in progress waits for
 //! it instead of starting another.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -35,11 +35,19 @@ struct StoredToken {
 #[derive(Default)]
 pub struct TokenCache {
     tokens: RefCell<HashMap<String, MintedToken>>,
-    /// Keys being minted, with the time (ms) the mint started.
-    minting: RefCell<HashMap<String, u64>>,
-    /// The last failed mint per key, with its time (ms): callers that waited
-    /// for it share its verdict instead of each asking the token endpoint.
-    failures: RefCell<HashMap<String, (Verdict, u64)>>,
+    /// Keys being minted, with the time (ms) the mint started and its number.
+    minting: RefCell<HashMap<String, (u64, u64)>>,
+    /// The last failed mint per key: callers that waited for it share its
+    /// verdict instead of each asking the token endpoint again.
+    failures: RefCell<HashMap<String, MintFailure>>,
+    next_mint: Cell<u64>,
+}
+
+struct MintFailure {
+    verdict: Verdict,
+    at_ms: u64,
+    /// The number of the mint that failed.
+    mint: u64,
 }
 
 /// Marks a key as being minted for as long as it lives.
@@ -90,27 +98,34 @@ impl TokenCache {
         skip_kv: bool,
     ) -> Result<(MintedToken, TokenSource), Verdict> {
         let waited_since = transport.now_ms();
+        // The mint this caller waited for, if any: its failure is ours too.
+        let mut waited_for: Option<u64> = None;
         loop {
             let now = transport.now_ms() / 1000;
             if let Some(t) = self.cached(key, now) {
                 return Ok((t, TokenSource::Memory));
             }
-            if let Some(verdict) = self.shared_failure(key, waited_since, transport.now_ms()) {
+            if let Some(verdict) = self.shared_failure(key, waited_for, transport.now_ms()) {
                 return Err(verdict);
             }
-            let busy = self
+            let in_flight = self
                 .minting
                 .borrow()
                 .get(key)
-                .is_some_and(|started| transport.now_ms().saturating_sub(*started) < MINT_WAIT_MS);
-            if busy && transport.now_ms().saturating_sub(waited_since) < MINT_WAIT_MS {
-                transport.sleep(MINT_POLL_MS).await;
-                continue;
+                .filter(|(started, _)| transport.now_ms().saturating_sub(*started) < MINT_WAIT_MS)
+                .map(|(_, mint)| *mint);
+            match in_flight {
+                Some(mint) if transport.now_ms().saturating_sub(waited_since) < MINT_WAIT_MS => {
+                    waited_for = Some(mint);
+                    transport.sleep(MINT_POLL_MS).await;
+                }
+                _ => break,
             }
-            break;
         }
 
-        self.minting.borrow_mut().insert(key.to_string(), transport.now_ms());
+        let mint = self.next_mint.get();
+        self.next_mint.set(mint.wrapping_add(1));
+        self.minting.borrow_mut().insert(key.to_string(), (transport.now_ms(), mint));
         let _guard = MintGuard { cache: self, key: key.to_string() };
         let result = self.load_or_mint(transport, app, prepared, key, skip_kv).await;
         match &result {
@@ -118,19 +133,21 @@ impl TokenCache {
                 self.failures.borrow_mut().remove(key);
             }
             Err(verdict) => {
-                self.failures.borrow_mut().insert(key.to_string(), (verdict.clone(), transport.now_ms()));
+                let failure = MintFailure { verdict: verdict.clone(), at_ms: transport.now_ms(), mint };
+                self.failures.borrow_mut().insert(key.to_string(), failure);
             }
         }
         result
     }
 
-    /// A failure to hand to this caller: one that happened while it waited,
-    /// or a recent `Failed` (refused credentials stay refused for a while).
-    fn shared_failure(&self, key: &str, waited_since: u64, now_ms: u64) -> Option<Verdict> {
+    /// A failure to hand to this caller: that of the mint it waited for, or
+    /// a recent `Failed` (refused credentials stay refused for a while).
+    fn shared_failure(&self, key: &str, waited_for: Option<u64>, now_ms: u64) -> Option<Verdict> {
         let failures = self.failures.borrow();
-        let (verdict, at) = failures.get(key)?;
-        let recent_refusal = verdict.outcome == Outcome::Failed && now_ms.saturating_sub(*at) < REFUSAL_MEMORY_MS;
-        (*at >= waited_since || recent_refusal).then(|| verdict.clone())
+        let failure = failures.get(key)?;
+        let recent_refusal =
+            failure.verdict.outcome == Outcome::Failed && now_ms.saturating_sub(failure.at_ms) < REFUSAL_MEMORY_MS;
+        (waited_for == Some(failure.mint) || recent_refusal).then(|| failure.verdict.clone())
     }
 
     async fn load_or_mint<T: Transport>(
