@@ -1,0 +1,402 @@
+// The bench behind `npm run bench` (see bench/README.md): edgepush's release
+// build and a minimal floor worker, each in its own workerd (Miniflare),
+// against instant fake providers in this process. Prints one table.
+//
+// CPU is the workerd process's: the fakes and the load generator run in this
+// node process and are not counted. Batches are read from /proc/<pid>/stat
+// (utime + stime, in 10 ms ticks, every thread ever run); single requests and
+// the mint deltas from the sum of /proc/<pid>/task/*/schedstat (nanoseconds),
+// since a tick is longer than what they measure.
+
+import { execFileSync } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import zlib from "node:zlib";
+import { Miniflare } from "miniflare";
+import { COMPATIBILITY_DATE, NOTIFY, ROOT, synapseFixture } from "../tests/integration/harness.mjs";
+import { startFakeProviders } from "./fake-providers.mjs";
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
+const REPS = 3;
+const CONCURRENCIES = [1, 16, 64];
+/** New apps (new keys) per repetition of the mint points. */
+const MINTS_PER_REP = 40;
+/** Notifies per repetition of the warm reference next to the mint points. */
+const WARM_PER_REP = 80;
+const FRESH_PROCESSES = REPS;
+const TICK_MS = 1000 / 100; // USER_HZ; `getconf CLK_TCK` is 100 on Linux x86_64
+const OK_BODY = '{"rejected":[]}';
+
+const progress = (message) => process.stderr.write(`bench: ${message}\n`);
+
+// ---------------------------------------------------------------- CPU
+
+/** Pids of the workerd processes this node process spawned. */
+function workerdChildren() {
+  const pids = [];
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
+    } catch {
+      continue;
+    }
+    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    if (ppid === process.pid && comm.startsWith("workerd")) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+/** utime + stime of the whole process, in ms (10 ms resolution). */
+function statCpuMs(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
+}
+
+/** On-CPU time of the process's live threads, in ms (ns resolution). */
+function schedCpuMs(pid) {
+  let ns = 0;
+  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0]);
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return ns / 1e6;
+}
+
+const cpu = (pid) => ({ stat: statCpuMs(pid), sched: schedCpuMs(pid) });
+const load1 = () => Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
+
+// ---------------------------------------------------------------- workers
+
+/** Start a worker in its own workerd; returns it with the workerd's pid. */
+async function startInstance(options) {
+  const before = new Set(workerdChildren());
+  const started = performance.now();
+  const mf = new Miniflare({
+    modules: true,
+    compatibilityDate: COMPATIBILITY_DATE,
+    // One JSON line per notify is part of what edgepush costs; drop it here.
+    handleStructuredLogs: () => {},
+    ...options,
+  });
+  await mf.ready;
+  const readyMs = performance.now() - started;
+  const pids = workerdChildren().filter((pid) => !before.has(pid));
+  if (pids.length !== 1) throw new Error(`expected one new workerd process, found ${pids.length}`);
+  return { mf, pid: pids[0], started, readyMs };
+}
+
+function edgepushOptions(apps, secrets) {
+  return {
+    scriptPath: path.join(ROOT, "build/index.js"),
+    modulesRoot: ROOT,
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
+    kvNamespaces: ["TOKENS"],
+    bindings: { ...secrets, APPS: JSON.stringify(apps) },
+  };
+}
+
+// ---------------------------------------------------------------- keys and apps
+
+const apnsKey = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+const APNS_P8 = apnsKey.privateKey.export({ type: "pkcs8", format: "pem" });
+const rsaKey = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 });
+const RSA_PEM = rsaKey.privateKey.export({ type: "pkcs8", format: "pem" });
+
+const apnsApp = (origin, keyId = "BENCHKEY00") => ({
+  type: "apns", topic: "org.example.bench", team_id: "BENCHTEAM0", key_id: keyId, key_secret: "APNS_KEY", url: origin,
+});
+const fcmApp = (origin, secret = "FCM_SERVICE_ACCOUNT") => ({
+  type: "fcm", project_id: "edgepush-bench", service_account_secret: secret, url: origin,
+});
+const serviceAccount = (origin, name = "edgepush-bench") =>
+  JSON.stringify({
+    type: "service_account",
+    project_id: "edgepush-bench",
+    private_key_id: crypto.randomBytes(20).toString("hex"),
+    private_key: RSA_PEM,
+    client_email: `${name}@edgepush-bench.iam.gserviceaccount.com`,
+    token_uri: `${origin}/token`,
+  });
+
+const IOS = "org.example.bench.ios";
+const ANDROID = "org.example.bench.android";
+const apnsPushkey = () => crypto.randomBytes(32).toString("base64");
+const fcmPushkey = () => `bench-fcm-${crypto.randomBytes(60).toString("base64url")}`;
+
+/** A real Synapse message notify, with `devices` in place of its own. */
+const MESSAGE = synapseFixture("message-ios").notification;
+const notifyBody = (devices) => JSON.stringify({ notification: { ...MESSAGE, devices } });
+const device = (app_id, pushkey) => ({ app_id, pushkey, pushkey_ts: 1795564953, data: {} });
+
+// ---------------------------------------------------------------- load
+
+async function post(mf, body) {
+  const response = await mf.dispatchFetch(`http://edgepush.bench${NOTIFY}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body,
+  });
+  const text = await response.text();
+  if (response.status !== 200 || text !== OK_BODY) throw new Error(`unexpected answer ${response.status} ${text.slice(0, 300)}`);
+}
+
+/** `concurrency` clients each posting `body` in a loop for `seconds`. */
+async function batch(instance, body, concurrency, seconds) {
+  const latencies = [];
+  const load = load1();
+  const before = cpu(instance.pid);
+  const t0 = performance.now();
+  const deadline = t0 + seconds * 1000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < deadline) {
+        const sent = performance.now();
+        await post(instance.mf, body);
+        latencies.push(performance.now() - sent);
+      }
+    }),
+  );
+  const elapsed = (performance.now() - t0) / 1000;
+  const after = cpu(instance.pid);
+  latencies.sort((a, b) => a - b);
+  const n = latencies.length;
+  return {
+    n,
+    rps: n / elapsed,
+    p50: latencies[Math.floor(n * 0.5)],
+    p99: latencies[Math.min(n - 1, Math.floor(n * 0.99))],
+    cpuMs: (after.stat - before.stat) / n,
+    statMs: after.stat - before.stat,
+    schedMs: after.sched - before.sched,
+    load,
+  };
+}
+
+/** Post each body once, one after the other; CPU (schedstat) per request. */
+async function sequential(instance, bodies) {
+  const before = schedCpuMs(instance.pid);
+  for (const body of bodies) await post(instance.mf, body);
+  return (schedCpuMs(instance.pid) - before) / bodies.length;
+}
+
+// ---------------------------------------------------------------- figures
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const min = (xs) => Math.min(...xs);
+const max = (xs) => Math.max(...xs);
+const fmt = (x, digits) => (Number.isFinite(x) ? x.toFixed(digits) : "-");
+/** "min / median" of a figure over the repetitions. */
+const minMed = (xs, digits) => `${fmt(min(xs), digits)} / ${fmt(median(xs), digits)}`;
+/** "median / max" for throughput, where more is better. */
+const medMax = (xs, digits) => `${fmt(median(xs), digits)} / ${fmt(max(xs), digits)}`;
+const loadRange = (xs) => `${fmt(min(xs), 2)}-${fmt(max(xs), 2)}`;
+const kib = (bytes) => `${(bytes / 1024).toFixed(1)} KiB`;
+
+function pad(cells, widths) {
+  return cells.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join("  ");
+}
+
+// ---------------------------------------------------------------- main
+
+const fake = await startFakeProviders();
+const origin = fake.origin;
+const out = [];
+const say = (line = "") => out.push(line);
+
+/** The revision measured: EDGEPUSH_BENCH_REVISION names a tree that is not a git checkout (a `git archive`). */
+function revision() {
+  if (process.env.EDGEPUSH_BENCH_REVISION) return process.env.EDGEPUSH_BENCH_REVISION;
+  try {
+    const commit = execFileSync("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"], { encoding: "utf8" });
+    return dirty.trim() ? `${commit} + uncommitted changes in src/` : commit;
+  } catch {
+    return "unknown (not a git checkout)";
+  }
+}
+
+function describeMachine() {
+  const cpuModel = os.cpus()[0]?.model ?? "unknown CPU";
+  const commit = revision();
+  const workerd = execFileSync(path.join(ROOT, "node_modules/@cloudflare/workerd-linux-64/bin/workerd"), ["--version"], { encoding: "utf8" }).trim();
+  say(`edgepush bench, ${new Date().toISOString()}, commit ${commit}`);
+  say(`machine: ${os.cpus().length} x ${cpuModel}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; node ${process.version}; ${workerd}`);
+  say(`loadavg at start: ${fs.readFileSync("/proc/loadavg", "utf8").trim()}`);
+}
+
+describeMachine();
+const benchStarted = performance.now();
+
+// Bundle.
+const wasm = fs.readFileSync(path.join(ROOT, "build/index_bg.wasm"));
+const js = fs.readFileSync(path.join(ROOT, "build/index.js"));
+const gzip = (buf) => zlib.gzipSync(buf).length; // as wrangler reports it (default level)
+
+// Fresh processes: start to first response, and what a cold isolate costs.
+const fresh = { readyMs: [], firstMs: [], readyCpu: [], healthCpu: [], apnsCpu: [], fcmCpu: [] };
+const warmApps = { [IOS]: apnsApp(origin), [ANDROID]: fcmApp(origin) };
+const warmSecrets = { APNS_KEY: APNS_P8, FCM_SERVICE_ACCOUNT: serviceAccount(origin) };
+for (let i = 0; i < FRESH_PROCESSES; i++) {
+  progress(`fresh process ${i + 1}/${FRESH_PROCESSES}`);
+  const instance = await startInstance(edgepushOptions(warmApps, warmSecrets));
+  const readyCpu = schedCpuMs(instance.pid);
+  const tokensBefore = fake.counts.token;
+  const apnsCpu = await sequential(instance, [notifyBody([device(IOS, apnsPushkey())])]);
+  fresh.firstMs.push(performance.now() - instance.started);
+  const fcmCpu = await sequential(instance, [notifyBody([device(ANDROID, fcmPushkey())])]);
+  if (fake.counts.token !== tokensBefore + 1) throw new Error("the first FCM notify did not mint");
+  fresh.readyMs.push(instance.readyMs);
+  fresh.readyCpu.push(readyCpu);
+  fresh.apnsCpu.push(apnsCpu);
+  fresh.fcmCpu.push(fcmCpu);
+  await instance.mf.dispose();
+}
+// The same without a notify first: what the first request costs before any mint.
+for (let i = 0; i < FRESH_PROCESSES; i++) {
+  const instance = await startInstance(edgepushOptions(warmApps, warmSecrets));
+  const before = schedCpuMs(instance.pid);
+  const response = await instance.mf.dispatchFetch("http://edgepush.bench/health");
+  await response.text();
+  fresh.healthCpu.push(schedCpuMs(instance.pid) - before);
+  await instance.mf.dispose();
+}
+
+// Warm points.
+progress("starting the floor and edgepush workers");
+const floorDevice = Buffer.from(crypto.randomBytes(32)).toString("hex");
+const floor = await startInstance({
+  scriptPath: path.join(ROOT, "bench/floor.mjs"),
+  bindings: { UPSTREAM: `${origin}/3/device/${floorDevice}` },
+});
+const edgepush = await startInstance(edgepushOptions(warmApps, warmSecrets));
+
+const mixed = [];
+for (let i = 0; i < 5; i++) mixed.push(device(IOS, apnsPushkey()), device(ANDROID, fcmPushkey()));
+const workloads = [
+  { name: "floor: read, 1 fetch, answer", instance: floor, body: notifyBody([device(IOS, apnsPushkey())]) },
+  { name: "notify, 1 APNs device", instance: edgepush, body: notifyBody([device(IOS, apnsPushkey())]) },
+  { name: "notify, 1 FCM device", instance: edgepush, body: notifyBody([device(ANDROID, fcmPushkey())]) },
+  { name: "notify, 10 devices (5 APNs + 5 FCM)", instance: edgepush, body: notifyBody(mixed) },
+];
+
+for (const w of workloads) {
+  progress(`warming up: ${w.name}`);
+  await batch(w.instance, w.body, 16, Math.min(1, SECONDS));
+  w.results = Object.fromEntries(CONCURRENCIES.map((c) => [c, []]));
+}
+const tokensBeforeWarm = fake.counts.token;
+for (let rep = 0; rep < REPS; rep++) {
+  for (const w of workloads) {
+    for (const c of CONCURRENCIES) {
+      progress(`rep ${rep + 1}/${REPS}: ${w.name}, concurrency ${c}`);
+      w.results[c].push(await batch(w.instance, w.body, c, SECONDS));
+    }
+  }
+}
+const warmMints = fake.counts.token - tokensBeforeWarm;
+
+// Mints in a warm isolate: the first notify to an app with a key of its own,
+// against a notify to a warm app in the same isolate.
+progress("mint points");
+const mintApps = { [IOS]: apnsApp(origin), [ANDROID]: fcmApp(origin) };
+const mintSecrets = { APNS_KEY: APNS_P8, FCM_SERVICE_ACCOUNT: serviceAccount(origin) };
+const mintCount = MINTS_PER_REP * REPS + 1;
+const newApns = [];
+const newFcm = [];
+for (let i = 0; i < mintCount; i++) {
+  const apnsId = `org.example.bench.ios.k${i}`;
+  mintApps[apnsId] = apnsApp(origin, `BENCHK${String(i).padStart(4, "0")}`);
+  newApns.push(apnsId);
+  const fcmId = `org.example.bench.android.k${i}`;
+  mintSecrets[`FCM_SA_${i}`] = serviceAccount(origin, `bench-${i}`);
+  mintApps[fcmId] = fcmApp(origin, `FCM_SA_${i}`);
+  newFcm.push(fcmId);
+}
+const minter = await startInstance(edgepushOptions(mintApps, mintSecrets));
+const warmApnsBody = notifyBody([device(IOS, apnsPushkey())]);
+const warmFcmBody = notifyBody([device(ANDROID, fcmPushkey())]);
+// Parse APPS, warm the code paths, and mint once on each path before measuring.
+await batch(minter, warmApnsBody, 4, 0.5);
+await batch(minter, warmFcmBody, 4, 0.5);
+await sequential(minter, [notifyBody([device(newApns.pop(), apnsPushkey())]), notifyBody([device(newFcm.pop(), fcmPushkey())])]);
+const mint = { apnsWarm: [], apnsMint: [], fcmWarm: [], fcmMint: [] };
+for (let rep = 0; rep < REPS; rep++) {
+  const apnsBodies = newApns.splice(0, MINTS_PER_REP).map((app) => notifyBody([device(app, apnsPushkey())]));
+  const fcmBodies = newFcm.splice(0, MINTS_PER_REP).map((app) => notifyBody([device(app, fcmPushkey())]));
+  mint.apnsWarm.push(await sequential(minter, Array(WARM_PER_REP).fill(warmApnsBody)));
+  mint.apnsMint.push(await sequential(minter, apnsBodies));
+  mint.fcmWarm.push(await sequential(minter, Array(WARM_PER_REP).fill(warmFcmBody)));
+  const tokensBefore = fake.counts.token;
+  mint.fcmMint.push(await sequential(minter, fcmBodies));
+  if (fake.counts.token - tokensBefore !== MINTS_PER_REP) throw new Error("the FCM mint batch did not mint once per app");
+}
+const apnsMintDelta = mint.apnsMint.map((m, i) => m - mint.apnsWarm[i]);
+const fcmMintDelta = mint.fcmMint.map((m, i) => m - mint.fcmWarm[i]);
+
+const totals = workloads.flatMap((w) => CONCURRENCIES.flatMap((c) => w.results[c]));
+const statTotal = totals.reduce((s, r) => s + r.statMs, 0);
+const schedTotal = totals.reduce((s, r) => s + r.schedMs, 0);
+
+await floor.mf.dispose();
+await edgepush.mf.dispose();
+await minter.mf.dispose();
+await fake.close();
+
+// ---------------------------------------------------------------- table
+
+say(`each point: ${REPS} runs of ${SECONDS} s (closed loop, c clients); cells are "min / median" over the runs,`);
+say(`req/s is "median / max"; CPU = workerd process utime+stime per request; load = 1-min loadavg over the runs`);
+say();
+const widths = [37, 4, 15, 13, 15, 15, 15, 9];
+say(pad(["warm (tokens cached)", "c", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "x floor CPU", "load"], widths));
+say("-".repeat(widths.reduce((a, b) => a + b + 2, -2)));
+const floorCpu = Object.fromEntries(CONCURRENCIES.map((c) => [c, workloads[0].results[c].map((r) => r.cpuMs)]));
+for (const w of workloads) {
+  for (const c of CONCURRENCIES) {
+    const rs = w.results[c];
+    const ratio = w.instance === floor ? "1" : minMed(rs.map((r, i) => r.cpuMs / floorCpu[c][i]), 2);
+    say(pad([c === CONCURRENCIES[0] ? w.name : "", c, medMax(rs.map((r) => r.rps), 0), minMed(rs.map((r) => r.p50), 2),
+      minMed(rs.map((r) => r.p99), 2), minMed(rs.map((r) => r.cpuMs), 3), ratio, loadRange(rs.map((r) => r.load))], widths));
+  }
+}
+say(`(x floor CPU pairs each run with the floor's run at the same c; the 10-device notify makes 10 fetches to the floor's 1.`);
+say(` Token mints during the warm runs: ${warmMints}. stat vs schedstat CPU over all warm runs: ${(statTotal / 1000).toFixed(2)} s vs ${(schedTotal / 1000).toFixed(2)} s)`);
+say();
+const w2 = [56, 19];
+say(pad(["cold paths (CPU from schedstat, ms)", "min / median"], w2));
+say("-".repeat(w2[0] + w2[1] + 2));
+say(pad(["ES256 mint: APNs notify to a new key - warm APNs notify", minMed(apnsMintDelta, 3)], w2));
+say(pad(["RS256 mint + OAuth exchange: the same for FCM", minMed(fcmMintDelta, 3)], w2));
+say(pad(["APNs notify that must mint (warm isolate)", minMed(mint.apnsMint, 3)], w2));
+say(pad(["FCM notify that must mint (warm isolate)", minMed(mint.fcmMint, 3)], w2));
+say(pad(["  warm APNs / FCM notify in the same isolate", `${fmt(median(mint.apnsWarm), 3)} / ${fmt(median(mint.fcmWarm), 3)}`], w2));
+say(pad(["fresh isolate: first request, GET /health (loads APPS)", minMed(fresh.healthCpu, 3)], w2));
+say(pad(["fresh isolate: first request, APNs notify (loads, mints)", minMed(fresh.apnsCpu, 3)], w2));
+say(pad(["fresh isolate: second request, FCM notify (mints)", minMed(fresh.fcmCpu, 3)], w2));
+say(pad(["fresh workerd: CPU from spawn to ready", minMed(fresh.readyCpu, 1)], w2));
+say(`(a mint's figure includes its KV read (a miss) and KV write, and for FCM the fetch to the token endpoint;`);
+say(` ${MINTS_PER_REP} new apps per run, one key each)`);
+say();
+say(pad(["start and bundle", ""], w2));
+say("-".repeat(w2[0] + w2[1] + 2));
+say(pad(["start to first response, ms (spawn workerd, APNs notify)", minMed(fresh.firstMs, 0)], w2));
+say(pad(["  of which spawn to ready, ms", minMed(fresh.readyMs, 0)], w2));
+say(pad(["index_bg.wasm raw / gzip", `${kib(wasm.length)} / ${kib(gzip(wasm))}`], w2));
+say(pad(["index.js raw / gzip", `${kib(js.length)} / ${kib(gzip(js))}`], w2));
+say();
+say(`loadavg at end: ${fs.readFileSync("/proc/loadavg", "utf8").trim()}; bench took ${((performance.now() - benchStarted) / 1000).toFixed(0)} s`);
+
+process.stdout.write(`${out.join("\n")}\n`);

@@ -1,0 +1,57 @@
+// Fake APNs, Google OAuth and FCM v1 for the bench, on one HTTP/1.1 server on
+// 127.0.0.1. Unlike tests/fakes/ they check nothing and keep nothing: every
+// answer is immediate, so the bench measures the worker and not the fake.
+// They only count requests per kind, so the bench can tell a warm token from
+// a minted one (`counts.token`).
+
+import http from "node:http";
+
+export async function startFakeProviders() {
+  const counts = { apns: 0, token: 0, fcm: 0, other: 0 };
+  let serial = 0;
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      const path = req.url ?? "";
+      if (path.startsWith("/3/device/")) {
+        counts.apns += 1;
+        res.writeHead(200, { "apns-id": "00000000-0000-0000-0000-000000000000" });
+        res.end();
+      } else if (path === "/token") {
+        counts.token += 1;
+        serial += 1;
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ access_token: `ya29.bench-${serial}`, expires_in: 3599, token_type: "Bearer" }));
+      } else if (path.endsWith("/messages:send")) {
+        counts.fcm += 1;
+        serial += 1;
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ name: `projects/bench/messages/0:${serial}` }));
+      } else {
+        counts.other += 1;
+        res.writeHead(404);
+        res.end();
+      }
+    });
+  });
+  server.keepAliveTimeout = 60_000;
+  const sockets = new Set();
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  await new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve(undefined));
+  });
+  const address = server.address();
+  if (address === null || typeof address === "string") throw new Error("fake providers have no port");
+  return {
+    origin: `http://127.0.0.1:${address.port}`,
+    counts,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(() => resolve(undefined)));
+    },
+  };
+}
