@@ -237,7 +237,13 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
             for entry in &apps.entries {
                 app_count += 1;
                 match &entry.app {
-                    Ok(app) => report += &format!("ok      {} ({})\n", entry.pattern, app.provider()),
+                    Ok(app) => {
+                        report += &format!("ok      {} ({})\n", entry.pattern, app.provider());
+                        if let edgepush::providers::App::WebPush(web) = app.as_ref() {
+                            // What the app's web clients subscribe with.
+                            report += &format!("        applicationServerKey: {}\n", web.public_key());
+                        }
+                    }
                     Err(error) => {
                         broken_apps += 1;
                         report += &format!("BROKEN  {}: {error}\n", entry.pattern);
