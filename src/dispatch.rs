@@ -29,7 +29,7 @@ pub trait Transport {
     /// The signature of `jwt.signing_input`. The worker signs with
     /// WebCrypto; by default jwt-compact signs in process.
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
-        Ok(jwt.key.sign_in_process(jwt.signing_input.as_bytes()))
+        jwt.key.sign_in_process(jwt.signing_input.as_bytes())
     }
 }
 

@@ -100,7 +100,7 @@ impl ApnsApp {
     /// key_id, `iss` = team_id, `iat` = the window's start. APNs ignores
     /// `exp`, so there is none; `valid_until` ends the token's use instead.
     pub fn mint(&self, now: UnixSecs) -> Result<MintedToken, Verdict> {
-        Ok(self.token_from(self.provider_token(now)?.sign_in_process(), now))
+        Ok(self.token_from(self.provider_token(now)?.sign_in_process()?, now))
     }
 
     /// The provider token of `mint`, to be signed by the transport's signer.

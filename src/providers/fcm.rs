@@ -9,9 +9,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
-use rsa::pkcs1::DecodeRsaPrivateKey as _;
-use rsa::pkcs8::DecodePrivateKey as _;
-use rsa::RsaPrivateKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -147,7 +144,7 @@ impl FcmApp {
 
     /// The RS256 assertion (`{"alg":"RS256","typ":"JWT"}`) for `now`.
     pub fn assertion(&self, now: UnixSecs) -> Result<String, Verdict> {
-        Ok(self.assertion_to_sign(now)?.sign_in_process())
+        self.assertion_to_sign(now)?.sign_in_process()
     }
 
     /// The assertion of `assertion`, to be signed by the transport's signer.
@@ -265,10 +262,7 @@ impl ServiceAccount {
             return Err("has a `token_uri` that is not an http(s) URL".into());
         }
         let pem = super::normalize_pem(pem);
-        let key = RsaPrivateKey::from_pkcs8_pem(&pem)
-            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
-            .map_err(|_| "has a `private_key` that is not an RSA private key in PEM (PKCS#8)".to_string())?;
-        let key = JwtKey::rs256(key).map_err(|e| format!("has an unusable `private_key`: {e}"))?;
+        let key = JwtKey::rs256_from_pem(&pem).map_err(|e| format!("has a `private_key` that {e}"))?;
         Ok(Self { client_email, token_uri, key: Rc::new(key) })
     }
 }
@@ -587,6 +581,8 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
+    use rsa::pkcs8::DecodePrivateKey as _;
+    use rsa::RsaPrivateKey;
     use jwt_compact::AlgorithmExt as _;
     use super::*;
     use crate::notify::parse_notify;

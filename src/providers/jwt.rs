@@ -12,11 +12,15 @@ use std::rc::Rc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_compact::alg::{Es256, Rsa, StrongAlg, StrongKey};
+use jwt_compact::alg::Es256;
+#[cfg(not(target_arch = "wasm32"))]
+use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use p256::ecdsa::SigningKey;
-use rsa::pkcs8::EncodePrivateKey as _;
+use p256::pkcs8::EncodePrivateKey as _;
+#[cfg(not(target_arch = "wasm32"))]
 use rsa::traits::PublicKeyParts as _;
+#[cfg(not(target_arch = "wasm32"))]
 use rsa::RsaPrivateKey;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -42,7 +46,12 @@ impl JwtAlg {
 
 enum InProcessKey {
     Es256(SigningKey),
+    #[cfg(not(target_arch = "wasm32"))]
     Rs256(Box<StrongKey<RsaPrivateKey>>),
+    /// In the worker RS256 is signed by WebCrypto only: the RSA arithmetic
+    /// stays out of the wasm bundle.
+    #[cfg(target_arch = "wasm32")]
+    Rs256,
 }
 
 /// A signing key, parsed once per isolate, in both forms a signer needs.
@@ -74,11 +83,52 @@ impl JwtKey {
         })
     }
 
-    pub fn rs256(key: RsaPrivateKey) -> Result<Self, String> {
-        let der = key.to_pkcs8_der().map_err(|e| format!("the key cannot be encoded as PKCS#8: {e}"))?;
+    /// An RS256 key from a PEM, PKCS#8 (`PRIVATE KEY`, what Google issues)
+    /// or PKCS#1 (`RSA PRIVATE KEY`).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn rs256_from_pem(pem: &str) -> Result<Self, String> {
+        use rsa::pkcs1::DecodeRsaPrivateKey as _;
+        use rsa::pkcs8::DecodePrivateKey as _;
+        let key = RsaPrivateKey::from_pkcs8_pem(pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
+            .map_err(|_| "is not an RSA private key in PEM (PKCS#8 or PKCS#1)".to_string())?;
+        let der = key.to_pkcs8_der().map_err(|e| format!("cannot be encoded as PKCS#8: {e}"))?;
         let id = key_id("rs256", &key.n().to_bytes_be());
-        let strong = StrongKey::try_from(key).map_err(|_| "the RSA key is shorter than 2048 bits".to_string())?;
-        Ok(Self { alg: JwtAlg::Rs256, id, pkcs8_der: der.as_bytes().to_vec(), in_process: InProcessKey::Rs256(Box::new(strong)) })
+        let strong = StrongKey::try_from(key).map_err(|_| rsa_size_error())?;
+        Ok(Self {
+            alg: JwtAlg::Rs256,
+            id,
+            pkcs8_der: der.as_bytes().to_vec(),
+            in_process: InProcessKey::Rs256(Box::new(strong)),
+        })
+    }
+
+    /// The worker's RS256 key: the PEM's structure is checked (an RSA key of
+    /// at least 2048 bits) and kept as PKCS#8 DER for WebCrypto.
+    #[cfg(target_arch = "wasm32")]
+    pub fn rs256_from_pem(pem: &str) -> Result<Self, String> {
+        use rsa::pkcs8::der::{Decode as _, Encode as _};
+        use rsa::pkcs8::PrivateKeyInfo;
+        let not_rsa = || "is not an RSA private key in PEM (PKCS#8 or PKCS#1)".to_string();
+        let (label, der) = rsa::pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|_| not_rsa())?;
+        let pkcs8_der = match label {
+            "PRIVATE KEY" => {
+                let info = PrivateKeyInfo::from_der(&der).map_err(|_| not_rsa())?;
+                if info.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
+                    return Err(not_rsa());
+                }
+                der.clone()
+            }
+            "RSA PRIVATE KEY" => PrivateKeyInfo::new(rsa::pkcs1::ALGORITHM_ID, &der).to_der().map_err(|_| not_rsa())?,
+            _ => return Err(not_rsa()),
+        };
+        let info = PrivateKeyInfo::from_der(&pkcs8_der).map_err(|_| not_rsa())?;
+        let key = rsa::pkcs1::RsaPrivateKey::from_der(info.private_key).map_err(|_| not_rsa())?;
+        let modulus = key.modulus.as_bytes();
+        if modulus.len() * 8 < 2048 {
+            return Err(rsa_size_error());
+        }
+        Ok(Self { alg: JwtAlg::Rs256, id: key_id("rs256", modulus), pkcs8_der, in_process: InProcessKey::Rs256 })
     }
 
     pub fn alg(&self) -> JwtAlg {
@@ -95,12 +145,19 @@ impl JwtKey {
     }
 
     /// Sign with jwt-compact, in this process.
-    pub fn sign_in_process(&self, message: &[u8]) -> Vec<u8> {
+    pub fn sign_in_process(&self, message: &[u8]) -> Result<Vec<u8>, String> {
         match &self.in_process {
-            InProcessKey::Es256(key) => Es256.sign(key, message).as_bytes().to_vec(),
-            InProcessKey::Rs256(key) => StrongAlg(Rsa::rs256()).sign(key.as_ref(), message).as_bytes().to_vec(),
+            InProcessKey::Es256(key) => Ok(Es256.sign(key, message).as_bytes().to_vec()),
+            #[cfg(not(target_arch = "wasm32"))]
+            InProcessKey::Rs256(key) => Ok(StrongAlg(Rsa::rs256()).sign(key.as_ref(), message).as_bytes().to_vec()),
+            #[cfg(target_arch = "wasm32")]
+            InProcessKey::Rs256 => Err("RS256 is signed by WebCrypto in the worker".into()),
         }
     }
+}
+
+fn rsa_size_error() -> String {
+    "is an RSA key shorter than 2048 bits".into()
 }
 
 fn key_id(alg: &str, public: &[u8]) -> String {
@@ -141,8 +198,12 @@ impl JwtToSign {
     }
 
     /// Sign with jwt-compact here and now.
-    pub fn sign_in_process(&self) -> String {
-        self.finish(&self.key.sign_in_process(self.signing_input.as_bytes()))
+    pub fn sign_in_process(&self) -> Result<String, Verdict> {
+        let signature = self
+            .key
+            .sign_in_process(self.signing_input.as_bytes())
+            .map_err(|e| Verdict::failed(format!("signing a {} token failed: {e}", self.key.alg.name())))?;
+        Ok(self.finish(&signature))
     }
 }
 
@@ -174,7 +235,7 @@ mod tests {
         let verifying = *signing.verifying_key();
         let key = Rc::new(JwtKey::es256(signing).unwrap());
         let claims = WithIat { iss: "TEAM", iat: 1_800_000_000 };
-        let token = JwtToSign::new(key.clone(), Some("KEY"), None, &claims).unwrap().sign_in_process();
+        let token = JwtToSign::new(key.clone(), Some("KEY"), None, &claims).unwrap().sign_in_process().unwrap();
         let untrusted = UntrustedToken::new(&token).unwrap();
         assert_eq!(untrusted.algorithm(), "ES256");
         assert_eq!(untrusted.header().key_id.as_deref(), Some("KEY"));

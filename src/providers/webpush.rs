@@ -161,7 +161,7 @@ impl WebPushApp {
 
     /// A VAPID token for the origin of `prepared`'s endpoint.
     pub fn mint(&self, prepared: &Prepared, now: UnixSecs) -> Result<MintedToken, Verdict> {
-        Ok(self.token_from(self.vapid_to_sign(prepared, now)?.sign_in_process(), now))
+        Ok(self.token_from(self.vapid_to_sign(prepared, now)?.sign_in_process()?, now))
     }
 
     /// The VAPID token of `mint`, to be signed by the transport's signer.
