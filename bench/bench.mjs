@@ -140,8 +140,8 @@ const device = (app_id, pushkey) => ({ app_id, pushkey, pushkey_ts: 1795564953, 
 
 // ---------------------------------------------------------------- load
 
-async function post(mf, body) {
-  const response = await mf.dispatchFetch(`http://edgepush.bench${NOTIFY}`, {
+async function post(mf, body, path = NOTIFY) {
+  const response = await mf.dispatchFetch(`http://edgepush.bench${path}`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body,
@@ -183,9 +183,9 @@ async function batch(instance, body, concurrency, seconds) {
 }
 
 /** Post each body once, one after the other; CPU (schedstat) per request. */
-async function sequential(instance, bodies) {
+async function sequential(instance, bodies, path = NOTIFY) {
   const before = schedCpuMs(instance.pid);
-  for (const body of bodies) await post(instance.mf, body);
+  for (const body of bodies) await post(instance.mf, body, path);
   return (schedCpuMs(instance.pid) - before) / bodies.length;
 }
 
@@ -279,6 +279,7 @@ progress("starting the floor and edgepush workers");
 const floorDevice = Buffer.from(crypto.randomBytes(32)).toString("hex");
 const floor = await startInstance({
   scriptPath: path.join(ROOT, "bench/floor.mjs"),
+  kvNamespaces: ["TOKENS"],
   bindings: { UPSTREAM: `${origin}/3/device/${floorDevice}` },
 });
 const edgepush = await startInstance(edgepushOptions(warmApps, warmSecrets));
@@ -343,6 +344,16 @@ for (let rep = 0; rep < REPS; rep++) {
   mint.fcmMint.push(await sequential(minter, fcmBodies));
   if (fake.counts.token - tokensBefore !== MINTS_PER_REP) throw new Error("the FCM mint batch did not mint once per app");
 }
+// What a mint's I/O costs on the floor: a KV miss and write, one more fetch.
+const floorIo = { one: [], kv: [], two: [] };
+const floorBody = workloads[0].body;
+for (let rep = 0; rep < REPS; rep++) {
+  floorIo.one.push(await sequential(floor, Array(WARM_PER_REP).fill(floorBody), "/"));
+  floorIo.kv.push(await sequential(floor, Array(WARM_PER_REP).fill(floorBody), "/?kv"));
+  floorIo.two.push(await sequential(floor, Array(WARM_PER_REP).fill(floorBody), "/?fetches=2"));
+}
+const kvCost = median(floorIo.kv) - median(floorIo.one);
+const fetchCost = median(floorIo.two) - median(floorIo.one);
 const apnsMintDelta = mint.apnsMint.map((m, i) => m - mint.apnsWarm[i]);
 const fcmMintDelta = mint.fcmMint.map((m, i) => m - mint.fcmWarm[i]);
 
@@ -380,6 +391,10 @@ say(pad(["cold paths (CPU from schedstat, ms)", "min / median"], w2));
 say("-".repeat(w2[0] + w2[1] + 2));
 say(pad(["ES256 mint: APNs notify to a new key - warm APNs notify", minMed(apnsMintDelta, 3)], w2));
 say(pad(["RS256 mint + OAuth exchange: the same for FCM", minMed(fcmMintDelta, 3)], w2));
+say(pad(["  floor's KV miss + KV write (floor ?kv - floor)", fmt(kvCost, 3)], w2));
+say(pad(["  floor's one more fetch (floor ?fetches=2 - floor)", fmt(fetchCost, 3)], w2));
+say(pad(["ES256 signing alone ~ ES256 mint - KV", minMed(apnsMintDelta.map((d) => d - kvCost), 3)], w2));
+say(pad(["RS256 signing alone ~ RS256 mint - KV - 1 fetch", minMed(fcmMintDelta.map((d) => d - kvCost - fetchCost), 3)], w2));
 say(pad(["APNs notify that must mint (warm isolate)", minMed(mint.apnsMint, 3)], w2));
 say(pad(["FCM notify that must mint (warm isolate)", minMed(mint.fcmMint, 3)], w2));
 say(pad(["  warm APNs / FCM notify in the same isolate", `${fmt(median(mint.apnsWarm), 3)} / ${fmt(median(mint.fcmWarm), 3)}`], w2));
