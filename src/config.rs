@@ -20,11 +20,14 @@ pub struct Settings {
     pub send_timeout_ms: u64,
     pub retry_base_ms: u64,
     pub max_tries: u32,
+    /// Provider requests (sends and token fetches) one notify may make: the
+    /// Workers Free plan allows 50 subrequests per request.
+    pub max_subrequests: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { max_body_bytes: 65536, max_devices: 20, send_timeout_ms: 10_000, retry_base_ms: 200, max_tries: 3 }
+        Self { max_body_bytes: 65536, max_devices: 20, send_timeout_ms: 10_000, retry_base_ms: 200, max_tries: 3, max_subrequests: 50 }
     }
 }
 
@@ -45,14 +48,17 @@ impl Settings {
         let mut body = s.max_body_bytes as u64;
         let mut devices = s.max_devices as u64;
         let mut tries = u64::from(s.max_tries);
+        let mut subrequests = u64::from(s.max_subrequests);
         read("MAX_BODY_BYTES", &mut body, 256);
         read("MAX_DEVICES", &mut devices, 1);
         read("SEND_TIMEOUT_MS", &mut s.send_timeout_ms, 1);
         read("RETRY_BASE_MS", &mut s.retry_base_ms, 0);
         read("MAX_TRIES", &mut tries, 1);
+        read("MAX_SUBREQUESTS", &mut subrequests, 1);
         s.max_body_bytes = usize::try_from(body).unwrap_or(usize::MAX);
         s.max_devices = usize::try_from(devices).unwrap_or(usize::MAX);
         s.max_tries = u32::try_from(tries.min(10)).unwrap_or(10);
+        s.max_subrequests = u32::try_from(subrequests).unwrap_or(u32::MAX);
         (s, warnings)
     }
 }

@@ -1,6 +1,7 @@
 //! One notification, fanned out to its devices concurrently; each device ends
 //! in one outcome, and `reply` alone turns outcomes into the answer.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -67,15 +68,64 @@ pub enum FinalOutcome {
     Failed,
 }
 
-/// Everything one `/notify` needs besides the notification.
-pub struct Dispatcher<'a, T: Transport> {
-    pub transport: &'a T,
-    pub apps: &'a Apps,
-    pub settings: &'a Settings,
-    pub tokens: &'a TokenCache,
+/// The transport of one notify, refusing sends past the request's
+/// subrequest budget (`MAX_SUBREQUESTS`): the runtime would fail them anyway,
+/// and a refused send is `Transient`, so the homeserver retries.
+pub struct Budgeted<'a, T: Transport> {
+    inner: &'a T,
+    left: Cell<u32>,
 }
 
-impl<T: Transport> Dispatcher<'_, T> {
+impl<T: Transport> Budgeted<'_, T> {
+    pub fn is_spent(&self) -> bool {
+        self.left.get() == 0
+    }
+}
+
+impl<T: Transport> Transport for Budgeted<'_, T> {
+    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+        let left = self.left.get();
+        if left == 0 {
+            return Err("the request's subrequest budget (MAX_SUBREQUESTS) is spent".into());
+        }
+        self.left.set(left - 1);
+        self.inner.send(request).await
+    }
+    async fn sleep(&self, ms: u64) {
+        self.inner.sleep(ms).await;
+    }
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
+    }
+    fn random(&self) -> f64 {
+        self.inner.random()
+    }
+    async fn kv_get(&self, key: &str) -> Option<String> {
+        self.inner.kv_get(key).await
+    }
+    async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64) {
+        self.inner.kv_put(key, value, expiration_ttl_secs).await;
+    }
+    async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
+        self.inner.sign(jwt).await
+    }
+}
+
+/// Everything one `/notify` needs besides the notification.
+pub struct Dispatcher<'a, T: Transport> {
+    transport: Budgeted<'a, T>,
+    apps: &'a Apps,
+    settings: &'a Settings,
+    tokens: &'a TokenCache,
+}
+
+impl<'a, T: Transport> Dispatcher<'a, T> {
+    /// One dispatcher per notify: it holds that request's subrequest budget.
+    pub fn new(transport: &'a T, apps: &'a Apps, settings: &'a Settings, tokens: &'a TokenCache) -> Self {
+        let transport = Budgeted { inner: transport, left: Cell::new(settings.max_subrequests) };
+        Self { transport, apps, settings, tokens }
+    }
+
     /// Deliver to every device concurrently; reports keep the devices' order.
     pub async fn dispatch(&self, n: &Notification) -> Vec<(Device, DeviceReport)> {
         let started = self.transport.now_ms();
@@ -98,20 +148,20 @@ impl<T: Transport> Dispatcher<'_, T> {
         };
         if let Some(error) = &self.apps.global_error {
             // Without a usable APPS nothing can be said about any device.
-            return finish(report, Verdict::failed(format!("APPS is broken: {error}")), started, self.transport);
+            return finish(report, Verdict::failed(format!("APPS is broken: {error}")), started, &self.transport);
         }
         let app = match self.apps.find(&d.app_id) {
             Lookup::Found(app) => app,
-            Lookup::NoMatch => return finish(report, Verdict::rejected("no app configured for this app_id"), started, self.transport),
-            Lookup::Ambiguous => return finish(report, Verdict::rejected("app_id matches more than one glob"), started, self.transport),
+            Lookup::NoMatch => return finish(report, Verdict::rejected("no app configured for this app_id"), started, &self.transport),
+            Lookup::Ambiguous => return finish(report, Verdict::rejected("app_id matches more than one glob"), started, &self.transport),
             Lookup::Broken { pattern, error } => {
                 let verdict = Verdict::failed(format!("app {pattern:?} is misconfigured: {error}"));
-                return finish(report, verdict, started, self.transport);
+                return finish(report, verdict, started, &self.transport);
             }
         };
         report.provider = app.provider();
         let verdict = self.deliver_to(app, n, d, request_started, &mut report).await;
-        finish(report, verdict, started, self.transport)
+        finish(report, verdict, started, &self.transport)
     }
 
     /// The send loop: credentials, retries with backoff, one re-mint on
@@ -134,7 +184,7 @@ impl<T: Transport> Dispatcher<'_, T> {
         loop {
             let request = match &prepared.token_key {
                 None => prepared.request.clone(),
-                Some(key) => match self.tokens.get(self.transport, app, &prepared, key, reminted).await {
+                Some(key) => match self.tokens.get(&self.transport, app, &prepared, key, reminted).await {
                     Ok((token, source)) => {
                         report.token = Some(source);
                         used_token = Some(token.value.clone());
@@ -181,7 +231,7 @@ impl<T: Transport> Dispatcher<'_, T> {
         let Outcome::Transient { retry_after } = verdict.outcome else {
             return Some(verdict);
         };
-        if report.tries >= self.settings.max_tries {
+        if report.tries >= self.settings.max_tries || self.transport.is_spent() {
             return Some(verdict);
         }
         let wait = backoff_ms(self.settings.retry_base_ms, report.tries, retry_after, self.transport.random());
@@ -415,7 +465,7 @@ mod dispatch_tests {
     fn run(t: &FakeTransport, tokens: &TokenCache, n: &Notification) -> (Reply, Vec<DeviceReport>) {
         let apps = apps();
         let settings = Settings::default();
-        let d = Dispatcher { transport: t, apps: &apps, settings: &settings, tokens };
+        let d = Dispatcher::new(t, &apps, &settings, tokens);
         let results = block_on(d.dispatch(n));
         (reply(&results), results.into_iter().map(|(_, r)| r).collect())
     }
@@ -478,7 +528,8 @@ mod dispatch_tests {
         let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.broken", "k1")]));
         assert_eq!(answer.status, 502, "a broken app's devices fail, never rejected");
         assert_eq!(reports[0].outcome, FinalOutcome::Failed);
-        let broken = Dispatcher { transport: &t, apps: &Apps::load(None, &|_: &str| None), settings: &Settings::default(), tokens: &TokenCache::default() };
+        let (no_apps, settings, tokens) = (Apps::load(None, &|_: &str| None), Settings::default(), TokenCache::default());
+        let broken = Dispatcher::new(&t, &no_apps, &settings, &tokens);
         let results = block_on(broken.dispatch(&notification(&[("com.example.ios", "k0")])));
         assert_eq!(reply(&results).status, 502, "no APPS: failed, never rejected");
         let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("glob.x", "k2")]));
@@ -527,5 +578,20 @@ mod dispatch_tests {
         assert_eq!(answer.status, 200);
         assert_eq!(t.sent_to("token"), 1);
         assert!(t.sent.borrow().iter().filter(|r| r.url.ends_with(":send")).all(|r| r.header("authorization") == Some("Bearer ya29.test")));
+    }
+
+    #[test]
+    fn retries_stop_at_the_subrequest_budget() {
+        let t = FakeTransport::new();
+        let devices: Vec<(&str, String)> = (0..20).map(|i| ("com.example.ios", format!("down{i}"))).collect();
+        for (_, key) in &devices {
+            t.answer(key, vec![Some((503, ""))]);
+        }
+        let refs: Vec<(&str, &str)> = devices.iter().map(|(a, k)| (*a, k.as_str())).collect();
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&refs));
+        assert_eq!(answer.status, 502);
+        assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Transient));
+        assert_eq!(t.sent.borrow().len(), Settings::default().max_subrequests as usize, "20 devices x 3 tries would be 60");
+        assert!(reports.iter().all(|r| r.tries >= 1), "every device got its first try");
     }
 }

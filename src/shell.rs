@@ -97,7 +97,7 @@ async fn notify(mut req: Request, env: &Env) -> Reply {
         Err(e) => (e.to_reply(), Vec::new()),
         Ok(n) => {
             let dispatcher =
-                Dispatcher { transport: &transport, apps: &state.apps, settings: &state.settings, tokens: &state.tokens };
+                Dispatcher::new(&transport, &state.apps, &state.settings, &state.tokens);
             let results = dispatcher.dispatch(&n).await;
             let reply = dispatch::reply(&results);
             (reply, results.into_iter().map(|(_, report)| report).collect())
