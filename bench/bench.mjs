@@ -246,7 +246,7 @@ const js = fs.readFileSync(path.join(ROOT, "build/index.js"));
 const gzip = (buf) => zlib.gzipSync(buf).length; // as wrangler reports it (default level)
 
 // Fresh processes: start to first response, and what a cold isolate costs.
-const fresh = { readyMs: [], firstMs: [], readyCpu: [], healthCpu: [], apnsCpu: [], fcmCpu: [] };
+const fresh = { readyMs: [], firstMs: [], readyCpu: [], healthCpu: [], apnsCpu: [], fcmCpu: [], floorCpu: [] };
 const warmApps = { [IOS]: apnsApp(origin), [ANDROID]: fcmApp(origin) };
 const warmSecrets = { APNS_KEY: APNS_P8, FCM_SERVICE_ACCOUNT: serviceAccount(origin) };
 for (let i = 0; i < FRESH_PROCESSES; i++) {
@@ -264,8 +264,19 @@ for (let i = 0; i < FRESH_PROCESSES; i++) {
   fresh.fcmCpu.push(fcmCpu);
   await instance.mf.dispose();
 }
-// The same without a notify first: what the first request costs before any mint.
+const floorOptions = (upstream) => ({
+  scriptPath: path.join(ROOT, "bench/floor.mjs"),
+  kvNamespaces: ["TOKENS"],
+  bindings: { UPSTREAM: upstream },
+});
+const floorUpstream = `${origin}/3/device/${crypto.randomBytes(32).toString("hex")}`;
+// The same without a notify first: what the first request costs before any
+// mint; and the floor's first request, which is the runtime's part of it.
 for (let i = 0; i < FRESH_PROCESSES; i++) {
+  const floorInstance = await startInstance(floorOptions(floorUpstream));
+  fresh.floorCpu.push(await sequential(floorInstance, [notifyBody([device(IOS, apnsPushkey())])], "/"));
+  await floorInstance.mf.dispose();
+
   const instance = await startInstance(edgepushOptions(warmApps, warmSecrets));
   const before = schedCpuMs(instance.pid);
   const response = await instance.mf.dispatchFetch("http://edgepush.bench/health");
@@ -276,12 +287,7 @@ for (let i = 0; i < FRESH_PROCESSES; i++) {
 
 // Warm points.
 progress("starting the floor and edgepush workers");
-const floorDevice = Buffer.from(crypto.randomBytes(32)).toString("hex");
-const floor = await startInstance({
-  scriptPath: path.join(ROOT, "bench/floor.mjs"),
-  kvNamespaces: ["TOKENS"],
-  bindings: { UPSTREAM: `${origin}/3/device/${floorDevice}` },
-});
+const floor = await startInstance(floorOptions(floorUpstream));
 const edgepush = await startInstance(edgepushOptions(warmApps, warmSecrets));
 
 const mixed = [];
@@ -398,6 +404,7 @@ say(pad(["RS256 signing alone ~ RS256 mint - KV - 1 fetch", minMed(fcmMintDelta.
 say(pad(["APNs notify that must mint (warm isolate)", minMed(mint.apnsMint, 3)], w2));
 say(pad(["FCM notify that must mint (warm isolate)", minMed(mint.fcmMint, 3)], w2));
 say(pad(["  warm APNs / FCM notify in the same isolate", `${fmt(median(mint.apnsWarm), 3)} / ${fmt(median(mint.fcmWarm), 3)}`], w2));
+say(pad(["fresh isolate: first request of the floor", minMed(fresh.floorCpu, 3)], w2));
 say(pad(["fresh isolate: first request, GET /health (loads APPS)", minMed(fresh.healthCpu, 3)], w2));
 say(pad(["fresh isolate: first request, APNs notify (loads, mints)", minMed(fresh.apnsCpu, 3)], w2));
 say(pad(["fresh isolate: second request, FCM notify (mints)", minMed(fresh.fcmCpu, 3)], w2));
