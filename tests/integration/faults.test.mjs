@@ -222,6 +222,17 @@ describe("provider faults", () => {
     });
   }
 
+  test("MAX_DEVICES devices all failing: retries stop at the Free plan's 50 subrequests, 502", async () => {
+    const many = Array.from({ length: 20 }, () => targets.APNs());
+    for (const t of many) t.proxy.inject(t.key, [FAULTS.unavailable]);
+    for (const t of many) pushkeys.add(t.device.pushkey);
+    const r = await worker.notify(notification(many.map((t) => t.device)));
+    assertNotSilent(r, many);
+    assert.equal(r.status, 502, r.text);
+    const sent = many.reduce((sum, t) => sum + t.proxy.seen(t.key).length, 0);
+    assert.equal(sent, 50, "20 devices x 3 tries would be 60 subrequests; MAX_SUBREQUESTS (50) stops them");
+  });
+
   describe("errors that are not the device's fault, with unreadable bodies: 502, not retried, never rejected", () => {
     const cases = [
       ["APNs", "400 with a truncated JSON reason", { truncate: { status: 400, body: JSON.stringify({ reason: "BadDeviceToken" }) } }],
