@@ -65,14 +65,34 @@ export async function ensureSynapse() {
   const dir = venvDir();
   const python = path.join(dir, "bin", "python");
   const marker = path.join(dir, ".installed");
-  if (fs.existsSync(marker) && fs.readFileSync(marker, "utf8").trim() === SYNAPSE_VERSION && fs.existsSync(python)) {
-    return { python };
+  const installed = () => fs.existsSync(marker) && fs.readFileSync(marker, "utf8").trim() === SYNAPSE_VERSION && fs.existsSync(python);
+  if (installed()) return { python };
+  // One installer at a time (test runs in other checkouts share the cache).
+  const lock = `${dir}.lock`;
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  for (;;) {
+    try {
+      fs.mkdirSync(lock);
+      break;
+    } catch {
+      const age = Date.now() - (fs.statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > INSTALL_TIMEOUT_MS) fs.rmSync(lock, { recursive: true, force: true });
+      else await sleep(2000);
+    }
   }
+  try {
+    if (installed()) return { python };
+    return install(dir, python, marker);
+  } finally {
+    fs.rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+function install(dir, python, marker) {
   const systemPython = findPython();
   if (!systemPython) throw new Error(`no Python >= 3.10 with venv found (tried ${PYTHONS.join(", ")})`);
   say(`installing matrix-synapse ${SYNAPSE_VERSION} into ${dir} (once; cached afterwards)`);
   fs.rmSync(dir, { recursive: true, force: true });
-  fs.mkdirSync(path.dirname(dir), { recursive: true });
   const venv = run(systemPython, ["-m", "venv", dir], 120_000);
   if (!venv.ok) throw new Error(`${systemPython} -m venv failed:\n${venv.output}`);
   const pip = path.join(dir, "bin", "pip");
