@@ -49,7 +49,8 @@ impl Transport for WorkerTransport {
             .iter()
             .filter_map(|name| response.headers().get(name).ok().flatten().map(|v| (name.to_string(), v)))
             .collect();
-        let mut body = response.bytes().await.unwrap_or_default();
+        // A body cut off mid-read is a network failure, not an empty answer.
+        let mut body = response.bytes().await.map_err(|e| format!("the answer was cut off: {e}"))?;
         body.truncate(MAX_RESPONSE_BYTES);
         Ok(ProviderResponse { status: response.status_code(), headers, body })
     }

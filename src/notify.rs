@@ -51,9 +51,11 @@ impl Pushkey {
         &self.0
     }
 
-    /// A prefix of at most 6 characters, for logs.
+    /// A prefix for logs: at most 6 characters, and never more than half
+    /// the key, so a short key is not logged whole either.
     pub fn short(&self) -> String {
-        let prefix: String = self.0.chars().take(6).collect();
+        let shown = (self.0.chars().count() / 2).min(6);
+        let prefix: String = self.0.chars().take(shown).collect();
         format!("{prefix}…")
     }
 }
@@ -204,13 +206,13 @@ pub fn parse_notify(body: &[u8], max_devices: usize) -> Result<Notification, Api
     raw_without_devices.remove("devices");
 
     Ok(Notification {
-        event_id: opt_string(n, "event_id", "notification.event_id")?,
-        room_id: opt_string(n, "room_id", "notification.room_id")?,
-        event_type: opt_string(n, "type", "notification.type")?,
-        sender: opt_string(n, "sender", "notification.sender")?,
+        event_id: opt_id(n, "event_id", "notification.event_id")?,
+        room_id: opt_id(n, "room_id", "notification.room_id")?,
+        event_type: opt_id(n, "type", "notification.type")?,
+        sender: opt_id(n, "sender", "notification.sender")?,
         sender_display_name: opt_string(n, "sender_display_name", "notification.sender_display_name")?,
         room_name: opt_string(n, "room_name", "notification.room_name")?,
-        room_alias: opt_string(n, "room_alias", "notification.room_alias")?,
+        room_alias: opt_id(n, "room_alias", "notification.room_alias")?,
         membership: opt_string(n, "membership", "notification.membership")?,
         user_is_target: opt_bool(n, "user_is_target", "notification.user_is_target")?,
         prio: parse_prio(n.get("prio"))?,
@@ -231,6 +233,18 @@ fn opt_string(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(bad(field, "must be a string")),
     }
+}
+
+/// The Matrix spec caps event ids, room ids and aliases, user ids and event
+/// types at 255 bytes; a longer one is no valid notification.
+pub const MAX_ID_BYTES: usize = 255;
+
+fn opt_id(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<String>, ApiError> {
+    let value = opt_string(obj, key, field)?;
+    if value.as_ref().is_some_and(|v| v.len() > MAX_ID_BYTES) {
+        return Err(bad(field, &format!("is longer than the spec's {MAX_ID_BYTES} bytes")));
+    }
+    Ok(value)
 }
 
 fn opt_bool(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Option<bool>, ApiError> {
@@ -410,5 +424,21 @@ mod tests {
         let k = Pushkey("abcdefghijklmnop".into());
         assert_eq!(format!("{k:?}"), "Pushkey(abcdef…)");
         assert!(!format!("{k}").contains("ghij"));
+        assert_eq!(Pushkey("abc123".into()).short(), "abc…");
+        assert_eq!(Pushkey("k".into()).short(), "…");
+    }
+
+    #[test]
+    fn ids_over_255_bytes_are_bad_json() {
+        let long = "x".repeat(256);
+        for field in ["event_id", "room_id", "sender", "type", "room_alias"] {
+            let body = format!(r#"{{"notification":{{"{field}":"{long}","devices":[{{"app_id":"a","pushkey":"k"}}]}}}}"#);
+            match err(&body) {
+                ApiError::BadJson(msg) => assert!(msg.contains(field), "{msg}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let ok = "x".repeat(255);
+        assert!(parse_notify(format!(r#"{{"notification":{{"event_id":"{ok}","devices":[{{"app_id":"a","pushkey":"k"}}]}}}}"#).as_bytes(), 20).is_ok());
     }
 }

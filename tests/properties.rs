@@ -33,9 +33,14 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![".{0,30}", "[a-zé€😀]{0,3000}", Just("😀".repeat(3000)), Just("a".repeat(70_000))]
 }
 
+/// Matrix ids, up to the spec's 255 bytes (longer ones are refused by the parser).
+fn matrix_id() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z0-9$!@:._é😀-]{0,60}", Just("x".repeat(255)), Just("é".repeat(127))]
+}
+
 fn notification_body() -> impl Strategy<Value = Value> {
     (
-        (proptest::option::of(text()), proptest::option::of(text()), proptest::option::of(text())),
+        (proptest::option::of(matrix_id()), proptest::option::of(matrix_id()), proptest::option::of(matrix_id())),
         (proptest::option::of(text()), proptest::option::of(text()), proptest::option::of(text())),
         (proptest::option::of(0u64..u64::MAX), proptest::option::of(0u64..100)),
         prop_oneof![Just("high"), Just("low"), Just("urgent")],

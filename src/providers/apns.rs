@@ -92,7 +92,9 @@ impl ApnsApp {
         headers.push(("content-type".to_string(), "application/json".to_string()));
         Ok(Prepared {
             request: OutRequest { url: format!("{}/3/device/{token}", self.origin()), headers, body },
-            token_key: Some(format!("apns:{}:{}", self.config.team_id, self.config.key_id)),
+            // The key's fingerprint too: two apps may name the same key id
+            // with different keys (a typo, a rotation), never sharing a token.
+            token_key: Some(format!("apns:{}:{}:{}", self.config.team_id, self.config.key_id, self.key.id())),
         })
     }
 
@@ -801,7 +803,8 @@ mod tests {
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert!(r.headers.iter().all(|(k, _)| *k == k.to_ascii_lowercase()));
         assert_eq!(serde_json::from_slice::<Value>(&r.body).unwrap(), golden("message-ios.json"));
-        assert_eq!(prepared.token_key.as_deref(), Some("apns:TEAM123456:KEY1234567"));
+        let token_key = prepared.token_key.unwrap();
+        assert!(token_key.starts_with("apns:TEAM123456:KEY1234567:es256:"), "{token_key}");
     }
 
     #[test]
