@@ -49,10 +49,17 @@ impl Transport for WorkerTransport {
             .iter()
             .filter_map(|name| response.headers().get(name).ok().flatten().map(|v| (name.to_string(), v)))
             .collect();
-        // A body cut off mid-read is a network failure, not an empty answer.
-        let mut body = response.bytes().await.map_err(|e| format!("the answer was cut off: {e}"))?;
+        let status = response.status_code();
+        let mut body = match response.bytes().await {
+            Ok(body) => body,
+            // A success whose body was cut off is no success (a token
+            // endpoint's answer without its token): retry it.
+            Err(e) if (200..300).contains(&status) => return Err(format!("the answer was cut off: {e}")),
+            // An error status stands on its own; its unreadable reason is not needed.
+            Err(_) => Vec::new(),
+        };
         body.truncate(MAX_RESPONSE_BYTES);
-        Ok(ProviderResponse { status: response.status_code(), headers, body })
+        Ok(ProviderResponse { status, headers, body })
     }
 
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
