@@ -13,6 +13,7 @@ use p256::pkcs8::DecodePrivateKey as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::{ApnsConfig, ApnsPlatform};
@@ -26,9 +27,6 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// Provider tokens are shared by every isolate for one window of this length.
 pub const TOKEN_WINDOW_SECS: u64 = 1800;
-
-/// Marks a text that was cut to fit the payload limit.
-const ELLIPSIS: &str = "…";
 
 /// `apns-push-type` when the app sets none.
 const DEFAULT_PUSH_TYPE: &str = "alert";
@@ -78,8 +76,7 @@ impl ApnsApp {
     /// The request for one device, or a verdict reached without sending.
     pub fn prepare(&self, n: &Notification, d: &Device, now: UnixSecs) -> Result<Prepared, Verdict> {
         let token = device_token(d, self.config.convert_device_token_to_hex)?;
-        let body = serde_json::to_vec(&payload(n, d)?)
-            .map_err(|e| Verdict::failed(format!("apns payload does not serialize: {e}")))?;
+        let body = payload(n, d)?;
         let push_type = self.push_type();
         let mut headers = vec![
             ("apns-topic".to_string(), self.config.topic.clone()),
@@ -205,23 +202,52 @@ fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
 /// - full: Sygnal's `aps.alert` `loc-key`/`loc-args`, `badge`, `sound`, deep-merged
 ///   over `default_payload`, plus `room_id` and `event_id`.
 ///
-/// A `default_payload` that is not an object is the device's own unusable data:
-/// `Rejected`, whatever the kind (as Sygnal). A full notification that yields
-/// neither an alert nor a badge needs no push: `Err` with `Delivered`.
-pub fn payload(n: &Notification, d: &Device) -> Result<Value, Verdict> {
-    let default_payload = d
-        .default_payload()
-        .map_err(Verdict::from)?;
-    let unbounded = match n.kind_for(d) {
-        Kind::BadgeOnly => json!({ "aps": { "badge": n.counts.badge() } }),
-        Kind::EventIdOnly => event_id_only_payload(n, default_payload),
+/// A `default_payload` that is not an object, or too big for any payload, is
+/// the device's own unusable data: `Rejected` (the first whatever the kind, as
+/// Sygnal). A full notification that yields neither an alert nor a badge needs
+/// no push: `Err` with `Delivered`.
+pub fn payload(n: &Notification, d: &Device) -> Result<Vec<u8>, Verdict> {
+    let default_payload = d.default_payload().map_err(Verdict::from)?;
+    let shape = match n.kind_for(d) {
+        Kind::BadgeOnly => Shape::BadgeOnly,
+        Kind::EventIdOnly => Shape::EventIdOnly,
         // Sygnal: a notification that says nothing about its event (no
         // `type`, as in clients' own test pushes) gets the event_id_only body.
-        Kind::Full if n.event_type.is_none() => event_id_only_payload(n, default_payload),
-        Kind::Full => full_payload(n, d, default_payload)
-            .ok_or_else(|| Verdict::new(Outcome::Delivered, "nothing to show: no alert and no counts"))?,
+        Kind::Full if n.event_type.is_none() => Shape::EventIdOnly,
+        Kind::Full => Shape::Full(
+            full_fields(n, d).ok_or_else(|| Verdict::new(Outcome::Delivered, "nothing to show: no alert and no counts"))?,
+        ),
     };
-    fit_to_limit(unbounded)
+    fit_blaming_default_payload(
+        default_payload,
+        |default_payload| {
+            let unbounded = shape.payload(n, default_payload);
+            Fit { max_bytes: MAX_PAYLOAD_BYTES, texts: alert_texts(&unbounded), droppable: &[] }.apply(unbounded)
+        },
+        "an APNs payload (4096 bytes)",
+    )
+}
+
+/// Which payload a device gets; the full one with our own fields ready.
+enum Shape {
+    BadgeOnly,
+    EventIdOnly,
+    /// `aps`, `room_id` and `event_id`, to merge over `default_payload`.
+    Full(Map<String, Value>),
+}
+
+impl Shape {
+    fn payload(&self, n: &Notification, default_payload: Option<&Map<String, Value>>) -> Value {
+        match self {
+            Self::BadgeOnly => json!({ "aps": { "badge": n.counts.badge() } }),
+            Self::EventIdOnly => event_id_only_payload(n, default_payload),
+            Self::Full(ours) => {
+                let mut payload = Value::Object(default_payload.cloned().unwrap_or_default());
+                deep_merge(&mut payload, Value::Object(ours.clone()));
+                payload
+            }
+        }
+    }
 }
 
 fn event_id_only_payload(n: &Notification, default_payload: Option<&Map<String, Value>>) -> Value {
@@ -241,7 +267,8 @@ fn event_id_only_payload(n: &Notification, default_payload: Option<&Map<String, 
     Value::Object(payload)
 }
 
-fn full_payload(n: &Notification, d: &Device, default_payload: Option<&Map<String, Value>>) -> Option<Value> {
+/// Our fields of a full push, or `None` when it has nothing to show.
+fn full_fields(n: &Notification, d: &Device) -> Option<Map<String, Value>> {
     let alert = Alert::for_notification(n);
     // As Sygnal: no badge when the homeserver sent no counts at all.
     let badge = (n.counts.unread.is_some() || n.counts.missed_calls.is_some()).then(|| n.counts.badge());
@@ -266,9 +293,7 @@ fn full_payload(n: &Notification, d: &Device, default_payload: Option<&Map<Strin
     if let Some(event_id) = &n.event_id {
         ours.insert("event_id".into(), event_id.as_str().into());
     }
-    let mut payload = Value::Object(default_payload.cloned().unwrap_or_default());
-    deep_merge(&mut payload, Value::Object(ours));
-    Some(payload)
+    Some(ours)
 }
 
 /// Merge `over` into `base`: objects key by key, anything else replaced, so
@@ -359,78 +384,13 @@ fn is_video_call(content: Option<&Map<String, Value>>) -> bool {
 }
 
 /// DESIGN: "At most 4096 bytes: trim the longest text first, never splitting a
-/// character." The texts are `aps.alert` (a string), `aps.alert.body` and
-/// `aps.alert.loc-args`; every text is capped at the largest byte length that
-/// fits, so the longest shrink first and short ones stay whole. A payload that
-/// cannot fit even with every text cut is ours to fix: `Failed`.
-fn fit_to_limit(payload: Value) -> Result<Value, Verdict> {
-    if serialized_len(&payload) <= MAX_PAYLOAD_BYTES {
-        return Ok(payload);
-    }
-    let mut longest = 0;
-    visit_texts(&mut payload.clone(), |text| longest = longest.max(text.len()));
-    let fits = |cap: usize| {
-        let capped = capped_texts(&payload, cap);
-        (serialized_len(&capped) <= MAX_PAYLOAD_BYTES).then_some(capped)
-    };
-    let mut best = fits(ELLIPSIS.len())
-        .ok_or_else(|| Verdict::failed(format!("apns payload is over {MAX_PAYLOAD_BYTES} bytes even with its texts cut")))?;
-    // Invariant: `low` fits (as `best`), `high` does not.
-    let (mut low, mut high) = (ELLIPSIS.len(), longest);
-    while high - low > 1 {
-        let mid = low + (high - low) / 2;
-        match fits(mid) {
-            Some(capped) => (low, best) = (mid, capped),
-            None => high = mid,
-        }
-    }
-    Ok(best)
-}
-
-fn serialized_len(payload: &Value) -> usize {
-    serde_json::to_vec(payload).map_or(usize::MAX, |bytes| bytes.len())
-}
-
-/// `payload` with every text longer than `cap` bytes cut to at most `cap`
-/// bytes, ellipsis included.
-fn capped_texts(payload: &Value, cap: usize) -> Value {
-    let mut capped = payload.clone();
-    visit_texts(&mut capped, |text| {
-        if text.len() > cap {
-            *text = cut_at_char_boundary(text, cap.saturating_sub(ELLIPSIS.len())) + ELLIPSIS;
-        }
-    });
-    capped
-}
-
-/// The longest prefix of `text` of at most `max_bytes` bytes that ends on a
-/// character boundary.
-fn cut_at_char_boundary(text: &str, max_bytes: usize) -> String {
-    text.chars()
-        .scan(0, |len, c| {
-            *len += c.len_utf8();
-            (*len <= max_bytes).then_some(c)
-        })
-        .collect()
-}
-
-/// The texts APNs shows and that may be cut: those Sygnal's `apnstruncate` cuts.
-fn visit_texts(payload: &mut Value, mut visit: impl FnMut(&mut String)) {
-    match payload.get_mut("aps").and_then(|aps| aps.get_mut("alert")) {
-        Some(Value::String(alert)) => visit(alert),
-        Some(Value::Object(alert)) => {
-            if let Some(Value::String(body)) = alert.get_mut("body") {
-                visit(body);
-            }
-            if let Some(Value::Array(args)) = alert.get_mut("loc-args") {
-                for arg in args {
-                    if let Value::String(arg) = arg {
-                        visit(arg);
-                    }
-                }
-            }
-        }
-        _ => {}
+/// character." The texts that may be cut are those Sygnal's `apnstruncate`
+/// cuts: `aps.alert` when it is a string, else `aps.alert.body` and
+/// `aps.alert.loc-args` (never a `loc-key`, which names a string in the app).
+fn alert_texts(payload: &Value) -> &'static [&'static str] {
+    match payload.pointer("/aps/alert") {
+        Some(Value::String(_)) => &["/aps/alert"],
+        _ => &["/aps/alert/body", "/aps/alert/loc-args"],
     }
 }
 
@@ -508,6 +468,7 @@ mod tests {
 
     use super::*;
     use crate::notify::parse_notify;
+    use crate::providers::fit::{samples, ELLIPSIS};
 
     const NOW: UnixSecs = 1_795_564_953;
 
@@ -533,7 +494,7 @@ mod tests {
     }
 
     fn payload_of(n: &Notification) -> Result<Value, Verdict> {
-        payload(n, &n.devices[0])
+        payload(n, &n.devices[0]).map(|bytes| serde_json::from_slice(&bytes).unwrap())
     }
 
     fn test_key() -> SigningKey {
@@ -725,27 +686,64 @@ mod tests {
 
     #[test]
     fn a_string_alert_in_default_payload_is_cut_too() {
-        let mut p = json!({"aps": {"alert": "é".repeat(3000)}});
-        p = fit_to_limit(p).unwrap();
-        assert!(serde_json::to_vec(&p).unwrap().len() <= MAX_PAYLOAD_BYTES);
-        assert!(p["aps"]["alert"].as_str().unwrap().ends_with(ELLIPSIS));
-    }
-
-    #[test]
-    fn payload_that_cannot_fit_is_failed() {
         let n = with_data(
             notification("message-ios.json"),
-            json!({"format": "event_id_only", "default_payload": {"blob": "x".repeat(5000)}}),
+            json!({"format": "event_id_only", "default_payload": {"aps": {"alert": "é".repeat(3000)}}}),
         );
-        assert_eq!(payload_of(&n).unwrap_err().outcome, Outcome::Failed);
+        let p = payload_of(&n).unwrap();
+        assert!(serde_json::to_vec(&p).unwrap().len() <= MAX_PAYLOAD_BYTES);
+        assert!(p["aps"]["alert"].as_str().unwrap().ends_with(ELLIPSIS));
+        assert_eq!(p["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
     }
 
     #[test]
-    fn cut_never_splits_a_character() {
-        assert_eq!(cut_at_char_boundary("a€b", 3), "a");
-        assert_eq!(cut_at_char_boundary("a€b", 4), "a€");
-        assert_eq!(cut_at_char_boundary("😀", 3), "");
-        assert_eq!(cut_at_char_boundary("abc", 10), "abc");
+    fn an_edit_of_a_long_message_fits() {
+        let mut n = notification("message-ios.json");
+        n.content = Some(samples::long_edit());
+        let p = payload_of(&n).unwrap();
+        assert!(serde_json::to_vec(&p).unwrap().len() <= MAX_PAYLOAD_BYTES);
+        assert_eq!(p["aps"]["alert"]["loc-key"], "MSG_FROM_USER_IN_ROOM_WITH_CONTENT");
+        let text = p["aps"]["alert"]["loc-args"][2].as_str().unwrap();
+        assert!(text.starts_with("* éé") && text.ends_with(ELLIPSIS), "{text}");
+    }
+
+    #[test]
+    fn a_poll_with_long_answers_fits() {
+        let mut n = notification("message-ios.json");
+        n.event_type = Some("org.matrix.msc3381.poll.start".into());
+        n.content = Some(samples::long_poll());
+        let p = payload_of(&n).unwrap();
+        assert!(serde_json::to_vec(&p).unwrap().len() <= MAX_PAYLOAD_BYTES);
+        assert_eq!(p["aps"]["alert"]["loc-key"], "MSG_FROM_USER");
+    }
+
+    #[test]
+    fn a_default_payload_that_can_never_fit_is_rejected() {
+        let big = samples::huge_default_payload();
+        for data in [
+            json!({"format": "event_id_only", "default_payload": big}),
+            json!({"default_payload": big}),
+            json!({"default_payload": {"aps": {"mutable-content": 1, "category": "c".repeat(5000)}}}),
+        ] {
+            let n = with_data(notification("message-ios.json"), data.clone());
+            let verdict = payload_of(&n).unwrap_err();
+            assert_eq!(verdict.outcome, Outcome::Rejected, "{data}");
+            assert!(verdict.reason.contains("default_payload"), "{}", verdict.reason);
+            assert!(!verdict.reason.contains("xxxx"));
+        }
+        // Badge-only pushes carry no default_payload, so it cannot spoil them.
+        let mut badge_only = with_data(notification("message-ios.json"), json!({"default_payload": big}));
+        badge_only.event_id = None;
+        assert_eq!(payload_of(&badge_only).unwrap(), json!({"aps": {"badge": 1}}));
+    }
+
+    #[test]
+    fn a_notification_that_cannot_fit_without_default_payload_is_failed() {
+        let mut n = with_data(notification("message-ios.json"), json!({"format": "event_id_only"}));
+        n.room_id = Some(format!("!{}", "r".repeat(5000)));
+        assert_eq!(payload_of(&n).unwrap_err().outcome, Outcome::Failed);
+        let n = with_data(n, json!({"format": "event_id_only", "default_payload": {"cs": "secret"}}));
+        assert_eq!(payload_of(&n).unwrap_err().outcome, Outcome::Failed, "not the device's fault");
     }
 
     // --- pushkey ----------------------------------------------------------

@@ -7,6 +7,7 @@
 
 pub mod apns;
 pub mod fcm;
+mod fit;
 pub mod jwt;
 pub mod unifiedpush;
 pub mod webpush;

@@ -1,9 +1,9 @@
 //! UnifiedPush: the pushkey is the endpoint URL the device's distributor
 //! (ntfy, NextPush, …) handed out; the notification is POSTed there as JSON.
 
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
-use super::webpush::{escape_pointer, shrink_to_fit};
+use super::fit::Fit;
 use super::{OutRequest, Outcome, Prepared, ProviderResponse, UnixSecs, Verdict};
 use crate::config::UnifiedPushConfig;
 use crate::endpoints::AllowedEndpoints;
@@ -11,6 +11,15 @@ use crate::notify::{Device, Kind, Notification};
 
 /// UnifiedPush distributors, like WebPush services, take 4096 bytes.
 pub const MAX_BODY: usize = 4096;
+
+/// `{"notification": …}` in at most `MAX_BODY` bytes: the texts of
+/// `content`, at any depth, and the room and sender names are cut, the
+/// longest first; `content`'s largest entries go when that is not enough.
+const FIT: Fit<'static> = Fit {
+    max_bytes: MAX_BODY,
+    texts: &["/notification/content", "/notification/room_name", "/notification/sender_display_name"],
+    droppable: &["/notification/content"],
+};
 
 /// What event_id_only devices receive: "ids, counts and `prio`".
 const EVENT_ID_ONLY_KEYS: &[&str] = &["event_id", "room_id", "counts", "prio"];
@@ -41,7 +50,9 @@ impl UnifiedPushApp {
                 .collect(),
             Kind::Full | Kind::BadgeOnly => n.raw_without_devices.clone(),
         };
-        let body = fit_body(notification)
+        // No device data is sent, so a notification that cannot fit is ours.
+        let body = FIT
+            .apply(json!({ "notification": notification }))
             .ok_or_else(|| Verdict::failed("the notification does not fit 4096 bytes even trimmed"))?;
         Ok(Prepared {
             request: OutRequest {
@@ -52,21 +63,6 @@ impl UnifiedPushApp {
             token_key: None,
         })
     }
-}
-
-/// `{"notification": …}` in at most `MAX_BODY` bytes: the message text is
-/// trimmed first, then the room and sender names.
-fn fit_body(notification: Map<String, Value>) -> Option<Vec<u8>> {
-    let mut trimmable: Vec<String> = match notification.get("content") {
-        Some(Value::Object(content)) => content
-            .iter()
-            .filter(|(_, v)| v.is_string())
-            .map(|(k, _)| format!("/notification/content/{}", escape_pointer(k)))
-            .collect(),
-        _ => Vec::new(),
-    };
-    trimmable.extend(["/notification/room_name".to_string(), "/notification/sender_display_name".to_string()]);
-    shrink_to_fit(json!({ "notification": notification }), &trimmable, MAX_BODY)
 }
 
 /// DESIGN.md: "`Rejected` on 401–404 and 410 (as the reference UnifiedPush
@@ -89,6 +85,8 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
 mod tests {
     use super::*;
     use crate::notify::parse_notify;
+    use crate::providers::fit::samples;
+    use serde_json::{Map, Value};
 
     const ENDPOINT: &str = "https://ntfy.example.net/upAbCdEf123?up=1";
 
@@ -158,6 +156,63 @@ mod tests {
         let text = body["notification"]["content"]["body"].as_str().unwrap();
         assert!(text.ends_with('…') && long.starts_with(text.trim_end_matches('…')));
         assert_eq!(body["notification"]["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
+    }
+
+    /// The body sent for `content`, checked to fit.
+    fn sent_with_content(content: Map<String, Value>) -> Value {
+        let mut n = fixture("message-ios.json", ENDPOINT, json!({}));
+        n.raw_without_devices["content"] = Value::Object(content);
+        let (prepared, body) = sent(&app(json!(["ntfy.example.net"])), &n);
+        assert!(prepared.request.body.len() <= MAX_BODY, "{} bytes", prepared.request.body.len());
+        body
+    }
+
+    #[test]
+    fn an_edit_of_a_long_message_is_trimmed_inside_m_new_content() {
+        let body = sent_with_content(samples::long_edit());
+        let content = &body["notification"]["content"];
+        let new_text = content["m.new_content"]["body"].as_str().unwrap();
+        for text in [new_text, content["m.new_content"]["formatted_body"].as_str().unwrap(), content["body"].as_str().unwrap()] {
+            assert!(text.ends_with('…') && text.len() > 800, "{} bytes", text.len());
+        }
+        assert!(samples::long_text().starts_with(new_text.trim_end_matches('…')));
+        assert_eq!(content["m.relates_to"]["rel_type"], "m.replace");
+        assert_eq!(body["notification"]["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
+    }
+
+    #[test]
+    fn a_poll_with_long_answers_keeps_every_answer() {
+        let body = sent_with_content(samples::long_poll());
+        let answers = body["notification"]["content"]["org.matrix.msc3381.poll.start"]["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 20);
+        assert!(answers.iter().all(|a| a["org.matrix.msc1767.text"].as_str().unwrap().starts_with("answer ")));
+    }
+
+    #[test]
+    fn content_too_big_to_cut_loses_its_largest_entries_not_the_push() {
+        let numbers: Vec<u64> = (0..2000).map(|i| i * 1_000_003).collect();
+        let mut content = samples::long_edit();
+        content.insert("org.example.numbers".into(), json!(numbers));
+        let body = sent_with_content(content);
+        let content = body["notification"]["content"].as_object().unwrap();
+        assert!(!content.contains_key("org.example.numbers"));
+        assert!(content["m.new_content"]["body"].as_str().unwrap().len() > 800);
+    }
+
+    #[test]
+    fn default_payload_is_not_forwarded_so_it_cannot_spoil_the_push() {
+        let n = fixture("message-ios.json", ENDPOINT, json!({"default_payload": samples::huge_default_payload()}));
+        let (prepared, body) = sent(&app(json!(["ntfy.example.net"])), &n);
+        assert!(prepared.request.body.len() <= MAX_BODY);
+        assert!(body["notification"].get("devices").is_none());
+    }
+
+    #[test]
+    fn a_notification_that_cannot_fit_is_failed() {
+        let mut n = fixture("message-ios.json", ENDPOINT, json!({}));
+        n.raw_without_devices["event_id"] = json!(format!("${}", "e".repeat(5000)));
+        let verdict = app(json!(["ntfy.example.net"])).prepare(&n, &n.devices[0], 0).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Failed);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
 use super::{
     normalize_pem, require_secret, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
@@ -138,10 +139,13 @@ impl WebPushApp {
             return Err(Verdict::new(Outcome::Delivered, "skipped: events_only"));
         }
         let subscription = Subscription::from_device(d, &self.endpoints).map_err(Verdict::rejected)?;
-        let default_payload =
-            d.default_payload().map_err(Verdict::from)?;
-        let plaintext = fit_plaintext(payload(n, n.kind_for(d), default_payload))
-            .ok_or_else(|| Verdict::failed("the payload does not fit one 4096-byte record even trimmed"))?;
+        let default_payload = d.default_payload().map_err(Verdict::from)?;
+        let kind = n.kind_for(d);
+        let plaintext = fit_blaming_default_payload(
+            default_payload,
+            |default_payload| plaintext_fit(kind).apply(Value::Object(payload(n, kind, default_payload))),
+            "one 4096-byte record",
+        )?;
         let body = encrypt(&plaintext, &subscription.p256dh, &subscription.auth).map_err(Verdict::failed)?;
 
         let mut headers = vec![
@@ -297,54 +301,20 @@ pub fn payload(n: &Notification, kind: Kind, default_payload: Option<&Map<String
     out
 }
 
-/// The payload as JSON of at most `MAX_PLAINTEXT` bytes: the message text is
-/// trimmed first, then the room and sender names.
-fn fit_plaintext(payload: Map<String, Value>) -> Option<Vec<u8>> {
-    let mut trimmable: Vec<String> = match payload.get("content") {
-        Some(Value::Object(content)) => content
-            .iter()
-            .filter(|(_, v)| v.is_string())
-            .map(|(k, _)| format!("/content/{}", escape_pointer(k)))
-            .collect(),
-        _ => Vec::new(),
+/// The payload as JSON of at most `MAX_PLAINTEXT` bytes: the texts of
+/// `content`, at any depth, and the room and sender names are cut, the
+/// longest first; `content`'s largest entries go when that is not enough.
+/// Only full pushes carry our texts: in other kinds these keys, if present,
+/// are the device's `default_payload`, which is sent verbatim.
+fn plaintext_fit(kind: Kind) -> Fit<'static> {
+    const FULL: Fit<'static> = Fit {
+        max_bytes: MAX_PLAINTEXT,
+        texts: &["/content", "/room_name", "/sender_display_name"],
+        droppable: &["/content"],
     };
-    trimmable.extend(["/room_name".to_string(), "/sender_display_name".to_string()]);
-    shrink_to_fit(Value::Object(payload), &trimmable, MAX_PLAINTEXT)
-}
-
-/// RFC 6901 escaping of one JSON pointer segment.
-pub(super) fn escape_pointer(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
-}
-
-const ELLIPSIS: char = '…';
-
-/// Serialise `value` in at most `max` bytes by trimming the longest string
-/// among `trimmable` (JSON pointers) again and again, never splitting a
-/// character and marking each cut with "…". `None` when trimming every
-/// one of them is not enough.
-pub(super) fn shrink_to_fit(mut value: Value, trimmable: &[String], max: usize) -> Option<Vec<u8>> {
-    loop {
-        let bytes = serde_json::to_vec(&value).ok()?;
-        if bytes.len() <= max {
-            return Some(bytes);
-        }
-        let overflow = bytes.len() - max;
-        let longest = trimmable
-            .iter()
-            .filter_map(|p| value.pointer(p).and_then(Value::as_str).map(|s| (p, s.len())))
-            .filter(|(_, len)| *len > 0)
-            .max_by_key(|(_, len)| *len)
-            .map(|(p, _)| p.clone())?;
-        let Some(Value::String(text)) = value.pointer_mut(&longest) else { return None };
-        // Removing n bytes of text shortens its JSON by at least n bytes.
-        let base_len = text.strip_suffix(ELLIPSIS).map_or(text.len(), str::len);
-        let keep = base_len.saturating_sub(overflow + ELLIPSIS.len_utf8());
-        let cut = (0..=keep).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-        text.truncate(cut);
-        if cut > 0 {
-            text.push(ELLIPSIS);
-        }
+    match kind {
+        Kind::Full => FULL,
+        Kind::EventIdOnly | Kind::BadgeOnly => Fit { texts: &[], droppable: &[], ..FULL },
     }
 }
 
@@ -407,6 +377,7 @@ mod tests {
     use jwt_compact::AlgorithmExt as _;
     use super::*;
     use crate::notify::parse_notify;
+    use crate::providers::fit::samples;
     use jwt_compact::UntrustedToken;
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     use serde_json::json;
@@ -617,14 +588,68 @@ mod tests {
         assert_eq!(sent["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
     }
 
+    /// The record's plaintext, checked to fit.
+    fn fitted_plaintext(n: &Notification) -> Value {
+        let browser = Browser::new();
+        let prepared = app_with(json!({})).prepare(n, &n.devices[0], 0).unwrap();
+        assert!(prepared.request.body.len() <= RECORD_SIZE);
+        let plaintext = decrypt(&prepared.request.body, &browser.private, &browser.auth);
+        assert!(plaintext.len() <= MAX_PLAINTEXT);
+        serde_json::from_slice(&plaintext).unwrap()
+    }
+
     #[test]
-    fn shrink_to_fit_gives_up_when_nothing_trimmable_is_left() {
-        let value = json!({"keep": "x".repeat(100), "trim": "y".repeat(100)});
-        assert!(shrink_to_fit(value.clone(), &["/trim".into()], 50).is_none());
-        let fitted = shrink_to_fit(value, &["/trim".into(), "/missing".into()], 150).unwrap();
-        assert_eq!(fitted.len(), 150, "cut by the overflow plus the ellipsis, then the ellipsis added");
-        let text: Value = serde_json::from_slice(&fitted).unwrap();
-        assert!(text["trim"].as_str().unwrap().ends_with("y…"));
+    fn an_edit_of_a_long_message_is_trimmed_inside_m_new_content() {
+        let mut n = fixture("message-ios.json", Browser::new().device(json!({})));
+        n.content = Some(samples::long_edit());
+        let sent = fitted_plaintext(&n);
+        let content = &sent["content"];
+        let new_text = content["m.new_content"]["body"].as_str().unwrap();
+        let formatted = content["m.new_content"]["formatted_body"].as_str().unwrap();
+        let fallback = content["body"].as_str().unwrap();
+        for text in [new_text, formatted, fallback] {
+            assert!(text.ends_with('…') && text.len() > 800, "{} bytes", text.len());
+        }
+        assert!(samples::long_text().starts_with(new_text.trim_end_matches('…')));
+        assert!(fallback.len().abs_diff(new_text.len()) <= 2, "the longest are cut to the same length");
+        assert_eq!(content["m.new_content"]["msgtype"], "m.text", "short fields stay");
+        assert_eq!(content["m.relates_to"]["event_id"], "$original:example.org");
+        assert_eq!(sent["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
+    }
+
+    #[test]
+    fn a_poll_with_long_answers_keeps_every_answer() {
+        let mut n = fixture("message-ios.json", Browser::new().device(json!({})));
+        n.content = Some(samples::long_poll());
+        let sent = fitted_plaintext(&n);
+        let answers = sent["content"]["org.matrix.msc3381.poll.start"]["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 20);
+        assert_eq!(answers[19]["id"], "a19");
+        assert!(answers.iter().all(|a| a["org.matrix.msc1767.text"].as_str().unwrap().starts_with("answer ")));
+        assert_eq!(sent["content"]["body"], "Which?");
+    }
+
+    #[test]
+    fn a_default_payload_that_can_never_fit_is_rejected() {
+        let browser = Browser::new();
+        for data in [
+            json!({"default_payload": samples::huge_default_payload()}),
+            json!({"format": "event_id_only", "default_payload": samples::huge_default_payload()}),
+        ] {
+            let n = fixture("message-ios.json", browser.device(data.clone()));
+            let verdict = app_with(json!({})).prepare(&n, &n.devices[0], 0).unwrap_err();
+            assert_eq!(verdict.outcome, Outcome::Rejected, "{data}");
+            assert!(verdict.reason.contains("default_payload") && !verdict.reason.contains("xxxx"), "{}", verdict.reason);
+        }
+    }
+
+    #[test]
+    fn a_notification_that_cannot_fit_without_default_payload_is_failed() {
+        let browser = Browser::new();
+        let mut n = fixture("message-ios.json", browser.device(json!({"default_payload": {"session": "s1"}})));
+        n.event_id = Some(format!("${}", "e".repeat(5000)));
+        let verdict = app_with(json!({})).prepare(&n, &n.devices[0], 0).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Failed, "{}", verdict.reason);
     }
 
     #[test]
