@@ -12,6 +12,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+pub use super::fit::truncate_utf8;
 use super::jwt::{JwtKey, JwtToSign};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
@@ -40,7 +41,6 @@ pub const MAX_DATA_BYTES: usize = 4096;
 /// The operator's `fcm_options.data` stays small, so that whatever does not
 /// fit in `data` is the device's `default_payload` (and so `Rejected`).
 const MAX_OPERATOR_DATA_BYTES: usize = 1024;
-const ELLIPSIS: &str = "…";
 /// A field trimmed shorter than this says nothing: drop it instead.
 const MIN_TRIMMED_VALUE_BYTES: usize = 16;
 
@@ -463,19 +463,6 @@ impl DataBuilder {
     fn into_map(self) -> Map<String, Value> {
         self.entries.into_iter().map(|(k, (v, _))| (k, Value::String(v))).collect()
     }
-}
-
-/// `text` in at most `max_bytes`, cut on a character boundary and ending "…"
-/// when cut.
-pub fn truncate_utf8(text: &str, max_bytes: usize) -> String {
-    if text.len() <= max_bytes {
-        return text.to_string();
-    }
-    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
-    while !text.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    format!("{}{ELLIPSIS}", text.get(..end).unwrap_or_default())
 }
 
 /// FCM's `FcmError.errorCode`

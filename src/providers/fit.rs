@@ -85,7 +85,7 @@ impl Fit<'_> {
             if let Some(place) = capped.pointer_mut(pointer) {
                 for_each_string(place, &mut |text| {
                     if text.len() > cap {
-                        *text = truncate(text, cap);
+                        *text = truncate_utf8(text, cap);
                     }
                 });
             }
@@ -191,7 +191,7 @@ fn for_each_string(value: &mut Value, visit: &mut impl FnMut(&mut String)) {
 
 /// `text` in at most `max_bytes`, cut on a character boundary and ending
 /// "…" when cut.
-pub fn truncate(text: &str, max_bytes: usize) -> String {
+pub fn truncate_utf8(text: &str, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
         return text.to_string();
     }
@@ -328,11 +328,11 @@ mod tests {
 
     #[test]
     fn truncate_cuts_on_a_character_boundary_with_an_ellipsis() {
-        assert_eq!(truncate("short", 10), "short");
-        assert_eq!(truncate("a€bcdef", 6), "a…");
-        assert_eq!(truncate("a€bcdef", 7), "a€…");
-        assert_eq!(truncate("😀😀", 5), "…");
-        assert_eq!(truncate("abcdef", 2), "…", "never shorter than the ellipsis");
+        assert_eq!(truncate_utf8("short", 10), "short");
+        assert_eq!(truncate_utf8("a€bcdef", 6), "a…");
+        assert_eq!(truncate_utf8("a€bcdef", 7), "a€…");
+        assert_eq!(truncate_utf8("😀😀", 5), "…");
+        assert_eq!(truncate_utf8("abcdef", 2), "…", "never shorter than the ellipsis");
     }
 
     fn verdict_for(with: bool, without: bool) -> Result<Vec<u8>, Verdict> {
