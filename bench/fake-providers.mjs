@@ -5,6 +5,7 @@
 // a minted one (`counts.token`).
 
 import http from "node:http";
+import { listenLocally } from "../tests/fakes/common.mjs";
 
 export async function startFakeProviders() {
   const counts = { apns: 0, token: 0, fcm: 0, other: 0 };
@@ -35,23 +36,6 @@ export async function startFakeProviders() {
     });
   });
   server.keepAliveTimeout = 60_000;
-  const sockets = new Set();
-  server.on("connection", (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-  });
-  await new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve(undefined));
-  });
-  const address = server.address();
-  if (address === null || typeof address === "string") throw new Error("fake providers have no port");
-  return {
-    origin: `http://127.0.0.1:${address.port}`,
-    counts,
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(() => resolve(undefined)));
-    },
-  };
+  const { origin, close } = await listenLocally(server, "fake providers");
+  return { origin, counts, close };
 }

@@ -18,7 +18,7 @@
 // Then the device token's script answers (see ANSWERS): "ok" by default.
 
 import crypto from "node:crypto";
-import { Script, decodeJwtPart, startFakeServer } from "./common.mjs";
+import { Script, decodeJwtPart, fakeHandle, startFakeServer } from "./common.mjs";
 
 export const MAX_PAYLOAD_BYTES = 4096;
 const PUSH_TYPES = new Set([
@@ -143,9 +143,7 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
       return refuse(400, "BadPayload", "body is not a JSON object");
     }
 
-    const scripted = script.next(token);
-    const answer = typeof scripted === "string" ? ANSWERS[scripted] : scripted;
-    if (!answer) throw new Error(`unknown scripted answer ${scripted}`);
+    const answer = script.nextAnswer(token, ANSWERS);
     if (answer.delayMs) await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     if (answer.status === 200) {
       delivered.push({ token, headers: h, payload: req.json, jwt: { header, claims }, raw: req.text });
@@ -154,31 +152,14 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
   });
 
   return {
-    origin: server.origin,
-    /** Every request received, well-formed or not. */
-    requests: server.requests,
-    /** Requests answered 200. */
-    delivered,
-    /** Why requests failed the fake's checks (empty when all were well-formed). */
-    violations,
+    // Scripts are per device token (hex): e.g. `answer(t, ["ServiceUnavailable", "ok"])`.
+    ...fakeHandle({ server, script, delivered, violations, forget: () => { tokensSeen.length = 0; } }),
     /** Decoded provider tokens of requests whose JWT verified. */
     tokensSeen,
-    /** Script the answers for one device token (hex): e.g. `answer(t, ["ServiceUnavailable", "ok"])`. */
-    answer(token, answers) {
-      script.set(token, answers);
-    },
     /** Requests that reached this device token's path. */
     requestsFor(token) {
       return server.requests.filter((r) => r.path === `/3/device/${token}`);
     },
-    reset() {
-      script.reset();
-      server.clear();
-      violations.length = 0;
-      delivered.length = 0;
-      tokensSeen.length = 0;
-    },
-    close: () => server.close(),
   };
 }
 

@@ -23,7 +23,7 @@
 
 import http from "node:http";
 import net from "node:net";
-import { Script } from "./common.mjs";
+import { Script, listenLocally, readBody } from "./common.mjs";
 
 /** Faults by name, as the soak test draws them. */
 export const FAULTS = {
@@ -54,7 +54,6 @@ export async function startFaultProxy({ upstream, keyOf = (req) => req.path, cho
   const script = new Script(null);
   /** Every request and the fault it got, in order. */
   const log = /** @type {Array<{ key: string, fault: string, at: number }>} */ ([]);
-  const sockets = new Set();
   let choose = chooser;
 
   const forward = (req, body) => new Promise((resolve, reject) => {
@@ -115,16 +114,7 @@ export async function startFaultProxy({ upstream, keyOf = (req) => req.path, cho
   };
 
   const server = http.createServer(async (req, res) => {
-    const chunks = [];
-    for await (const chunk of req) chunks.push(chunk);
-    const body = Buffer.concat(chunks);
-    const text = body.toString("utf8");
-    let json;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
+    const { body, text, json } = await readBody(req);
     /** @type {ProxiedRequest} */
     const proxied = { method: req.method ?? "", path: req.url ?? "", headers: req.headers, body, text, json };
     const key = keyOf(proxied);
@@ -137,19 +127,10 @@ export async function startFaultProxy({ upstream, keyOf = (req) => req.path, cho
       else req.socket.destroy();
     }
   });
-  server.on("connection", (socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
-  });
-  await new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => resolve(undefined));
-  });
-  const address = server.address();
-  if (address === null || typeof address === "string") throw new Error("fault proxy has no port");
+  const { origin, close } = await listenLocally(server, "fault proxy");
 
   return {
-    origin: `http://127.0.0.1:${address.port}`,
+    origin,
     log,
     /** Script the faults for one key, e.g. `inject(k, [FAULTS.unavailable, "pass"])`. */
     inject(key, faults) {
@@ -168,10 +149,7 @@ export async function startFaultProxy({ upstream, keyOf = (req) => req.path, cho
       log.length = 0;
       choose = chooser;
     },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(() => resolve(undefined)));
-    },
+    close,
   };
 }
 

@@ -20,7 +20,7 @@
 // Then the pushkey's script answers (see ANSWERS): "ok" by default.
 
 import crypto from "node:crypto";
-import { Script, decodeJwtPart, startFakeServer } from "./common.mjs";
+import { Script, decodeJwtPart, fakeHandle, startFakeServer } from "./common.mjs";
 
 export const SCOPE = "https://www.googleapis.com/auth/firebase.messaging";
 export const JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -195,9 +195,7 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
     }
     assertions.push({ header, claims });
 
-    const scripted = tokenScript.next("token");
-    const answer = typeof scripted === "string" ? TOKEN_ANSWERS[scripted] : scripted;
-    if (!answer) throw new Error(`unknown scripted token answer ${scripted}`);
+    const answer = tokenScript.nextAnswer("token", TOKEN_ANSWERS);
     if (answer.status !== 200) return answer;
     serial += 1;
     const accessToken = `ya29.fake-${serial}-${crypto.randomBytes(8).toString("hex")}`;
@@ -237,9 +235,7 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
       return invalidArgument(`Invalid value at 'message.android.priority', ${priority}`, "message.android.priority");
     }
 
-    const scripted = script.next(message.token);
-    const answer = typeof scripted === "string" ? ANSWERS[scripted] : scripted;
-    if (!answer) throw new Error(`unknown scripted answer ${scripted}`);
+    const answer = script.nextAnswer(message.token, ANSWERS);
     if (answer.status === 401) issued.delete(auth[1]);
     if (answer.status !== 200) return answer;
     delivered.push({ pushkey: message.token, message, raw: req.text, accessToken: auth[1] });
@@ -255,25 +251,21 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
   });
   tokenUri = `${server.origin}/token`;
 
+  const forget = () => {
+    tokenScript.reset();
+    assertions.length = 0;
+    tokenRequests = 0;
+  };
   return {
-    origin: server.origin,
+    // Scripts are per pushkey; `requests` includes the token exchanges.
+    ...fakeHandle({ server, script, delivered, violations, forget }),
     /** What the service account's `token_uri` must be. */
     tokenUri,
-    /** Every request received, token exchanges included. */
-    requests: server.requests,
-    /** Messages answered 200. */
-    delivered,
     /** Decoded assertions that verified. */
     assertions,
-    /** Why requests failed the fake's checks (empty when all were well-formed). */
-    violations,
     /** How many times the token endpoint was called. */
     get tokenRequests() {
       return tokenRequests;
-    },
-    /** Script the answers for one pushkey: e.g. `answer(k, ["unavailable", "ok"])`. */
-    answer(pushkey, answers) {
-      script.set(pushkey, answers);
     },
     /** Script the token endpoint: e.g. `tokenAnswer(["down", "ok"])`. */
     tokenAnswer(answers) {
@@ -287,15 +279,5 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
     sendsFor(pushkey) {
       return server.requests.filter((r) => r.path !== "/token" && r.json?.message?.token === pushkey);
     },
-    reset() {
-      script.reset();
-      tokenScript.reset();
-      server.clear();
-      violations.length = 0;
-      delivered.length = 0;
-      assertions.length = 0;
-      tokenRequests = 0;
-    },
-    close: () => server.close(),
   };
 }

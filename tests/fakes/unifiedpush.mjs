@@ -4,7 +4,7 @@
 // (404), a JSON body of at most 4096 bytes (413) holding a `notification`
 // object (400), then answers from the endpoint's script: "ok" by default.
 
-import { Script, startFakeServer } from "./common.mjs";
+import { Script, fakeHandle, startFakeServer } from "./common.mjs";
 
 export const MAX_BODY_BYTES = 4096;
 
@@ -45,9 +45,7 @@ export async function startFakeUnifiedPush() {
     if (!req.json || typeof req.json.notification !== "object" || req.json.notification === null) {
       return refuse(400, "body is not {\"notification\": {...}}");
     }
-    const scripted = script.next(id);
-    const answer = typeof scripted === "string" ? ANSWERS[scripted] : scripted;
-    if (!answer) throw new Error(`unknown scripted answer ${scripted}`);
+    const answer = script.nextAnswer(id, ANSWERS);
     if (answer.status >= 200 && answer.status < 300) {
       delivered.push({ id, headers: req.headers, json: req.json, bodyLength: req.body.length });
     }
@@ -55,28 +53,15 @@ export async function startFakeUnifiedPush() {
   });
 
   return {
-    origin: server.origin,
-    requests: server.requests,
-    delivered,
-    violations,
+    ...fakeHandle({ server, script, delivered, violations }),
     /** A new endpoint URL (the pushkey), with its id for scripting. */
     endpoint() {
       const id = `Ab${nextId++}Cd`;
       known.add(id);
       return { id, url: `${server.origin}/up${id}?up=1` };
     },
-    answer(id, answers) {
-      script.set(id, answers);
-    },
     requestsFor(id) {
       return server.requests.filter((r) => r.path.startsWith(`/up${id}`));
     },
-    reset() {
-      script.reset();
-      server.clear();
-      violations.length = 0;
-      delivered.length = 0;
-    },
-    close: () => server.close(),
   };
 }

@@ -17,7 +17,7 @@
 // Then the subscription's script answers (see ANSWERS): "ok" by default.
 
 import crypto from "node:crypto";
-import { Script, decodeJwtPart, startFakeServer } from "./common.mjs";
+import { Script, decodeJwtPart, fakeHandle, parseJson, startFakeServer } from "./common.mjs";
 
 export const MAX_BODY_BYTES = 4096;
 const URGENCIES = new Set(["very-low", "low", "normal", "high"]);
@@ -151,16 +151,9 @@ export async function startFakePushService({ vapidPublicB64, now = () => Math.fl
     } catch (err) {
       return refuse(400, `does not decrypt: ${err}`);
     }
-    let payload;
-    try {
-      payload = JSON.parse(plaintext.toString("utf8"));
-    } catch {
-      payload = undefined;
-    }
+    const payload = parseJson(plaintext.toString("utf8"));
 
-    const scripted = script.next(id);
-    const answer = typeof scripted === "string" ? ANSWERS[scripted] : scripted;
-    if (!answer) throw new Error(`unknown scripted answer ${scripted}`);
+    const answer = script.nextAnswer(id, ANSWERS);
     if (answer.status >= 200 && answer.status < 300) {
       delivered.push({ id, headers: h, payload, plaintext, bodyLength: req.body.length, jwt: `${headerPart}.${claimsPart}.${signaturePart}`, claims });
     }
@@ -169,10 +162,7 @@ export async function startFakePushService({ vapidPublicB64, now = () => Math.fl
   origin = server.origin;
 
   return {
-    origin,
-    requests: server.requests,
-    delivered,
-    violations,
+    ...fakeHandle({ server, script, delivered, violations }),
     /**
      * A browser-style subscription: fresh P-256 keys and auth secret. Returns
      * the pusher's `pushkey` (p256dh) and `data` ({endpoint, auth}).
@@ -185,19 +175,8 @@ export async function startFakePushService({ vapidPublicB64, now = () => Math.fl
       subscriptions.set(id, { ecdh, auth });
       return { id, endpoint: `${origin}/push/${id}`, pushkey: b64u(ecdh.getPublicKey()), auth: b64u(auth) };
     },
-    /** Script the answers for one subscription: e.g. `answer(id, ["unavailable", "ok"])`. */
-    answer(id, answers) {
-      script.set(id, answers);
-    },
     requestsFor(id) {
       return server.requests.filter((r) => r.path === `/push/${id}`);
     },
-    reset() {
-      script.reset();
-      server.clear();
-      violations.length = 0;
-      delivered.length = 0;
-    },
-    close: () => server.close(),
   };
 }

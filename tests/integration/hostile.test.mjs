@@ -14,6 +14,7 @@ import crypto from "node:crypto";
 import net from "node:net";
 import { after, before, describe, test } from "node:test";
 import { generateApnsKey, randomPushkey, startFakeApns } from "../fakes/apns.mjs";
+import { parseJson } from "../fakes/common.mjs";
 import { generateServiceAccount, startFakeFcm } from "../fakes/fcm.mjs";
 import { startFakeUnifiedPush } from "../fakes/unifiedpush.mjs";
 import { generateVapidKey, startFakePushService } from "../fakes/webpush.mjs";
@@ -228,13 +229,7 @@ describe("hostile input", () => {
       }
       text = out;
     }
-    let json;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    return { status, text, json };
+    return { status, text, json: parseJson(text) };
   }
 
   function assertMatrixError(r, status, errcode, what) {
