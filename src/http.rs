@@ -1,11 +1,14 @@
 //! The worker's I/O: the one place that calls `fetch`, KV and timers.
 
+use std::cell::OnceCell;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use worker::{
-    js_sys, AbortController, Date, Delay, Fetch, Headers, KvStore, Method, Request, RequestInit, RequestRedirect,
-};
+use worker::js_sys::{self, Uint8Array};
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::web_sys::{self, AbortController, RequestRedirect, WorkerGlobalScope};
+use worker::{Delay, Env, KvStore};
 
 use crate::dispatch::Transport;
 use crate::providers::jwt::JwtToSign;
@@ -14,47 +17,68 @@ use crate::providers::{OutRequest, ProviderResponse};
 /// Provider answers are small; a larger body is cut here.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-pub struct WorkerTransport {
-    pub kv: Option<KvStore>,
+/// The only response header the providers read (`ProviderResponse::retry_after`).
+const RETRY_AFTER: &str = "retry-after";
+
+/// The transport of one request. Calls go to `web_sys` directly rather than
+/// through `worker::Fetch` and `worker::Response`, whose conversions read
+/// properties (e.g. `cf`) that cost CPU on every send and are never used.
+pub struct WorkerTransport<'a> {
+    env: &'a Env,
+    /// `TOKENS`, looked up on first use: a notify with a cached token never needs it.
+    kv: OnceCell<Option<KvStore>>,
     pub send_timeout_ms: u64,
 }
 
-impl Transport for WorkerTransport {
-    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
-        let headers = Headers::new();
-        for (name, value) in &request.headers {
-            headers.set(name, value).map_err(|e| format!("bad header {name}: {e}"))?;
-        }
-        let body = js_sys::Uint8Array::from(request.body.as_slice());
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_headers(headers)
-            .with_redirect(RequestRedirect::Manual)
-            .with_body(Some(body.into()));
-        let outgoing = Request::new_with_init(&request.url, &init).map_err(|e| format!("bad request: {e}"))?;
+impl<'a> WorkerTransport<'a> {
+    pub fn new(env: &'a Env, send_timeout_ms: u64) -> Self {
+        Self { env, kv: OnceCell::new(), send_timeout_ms }
+    }
 
-        let controller = AbortController::default();
-        let signal = controller.signal();
-        let fetch = Fetch::Request(outgoing);
-        let sending = Box::pin(fetch.send_with_signal(&signal));
+    fn kv(&self) -> Option<&KvStore> {
+        self.kv.get_or_init(|| self.env.kv("TOKENS").ok()).as_ref()
+    }
+}
+
+impl Transport for WorkerTransport<'_> {
+    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+        let headers = web_sys::Headers::new().map_err(describe)?;
+        for (name, value) in &request.headers {
+            headers.set(name, value).map_err(|e| format!("bad header {name}: {}", describe(e)))?;
+        }
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        init.set_headers_headers(&headers);
+        init.set_body(&Uint8Array::from(request.body.as_slice()));
+        init.set_redirect(RequestRedirect::Manual);
+        let controller = AbortController::new().map_err(describe)?;
+        init.set_signal(Some(&controller.signal()));
+
+        let global: WorkerGlobalScope = js_sys::global().unchecked_into();
+        let sending = JsFuture::from(global.fetch_with_str_and_init(&request.url, &init));
         let timeout = Delay::from(Duration::from_millis(self.send_timeout_ms));
-        let mut response = match select(sending, timeout).await {
-            Either::Left((result, _)) => result.map_err(|e| e.to_string())?,
+        let response = match select(sending, timeout).await {
+            Either::Left((result, _)) => result.map_err(describe)?,
             Either::Right(_) => {
                 controller.abort();
                 return Err(format!("no answer within {} ms", self.send_timeout_ms));
             }
         };
-        let headers = ["retry-after", "content-type", "apns-id", "location"]
-            .iter()
-            .filter_map(|name| response.headers().get(name).ok().flatten().map(|v| (name.to_string(), v)))
-            .collect();
-        let status = response.status_code();
-        let mut body = match response.bytes().await {
-            Ok(body) => body,
+        let response: web_sys::Response = response.dyn_into().map_err(|_| "fetch did not return a Response".to_string())?;
+        let status = response.status();
+        let success = (200..300).contains(&status);
+        // `Retry-After` only matters on an error answer.
+        let retry_after = if success { None } else { response.headers().get(RETRY_AFTER).ok().flatten() };
+        let headers = retry_after.map(|v| vec![(RETRY_AFTER.to_string(), v)]).unwrap_or_default();
+        let body = match response.array_buffer() {
+            Ok(promise) => JsFuture::from(promise).await,
+            Err(e) => Err(e),
+        };
+        let mut body = match body {
+            Ok(buffer) => Uint8Array::new(&buffer).to_vec(),
             // A success whose body was cut off is no success (a token
             // endpoint's answer without its token): retry it.
-            Err(e) if (200..300).contains(&status) => return Err(format!("the answer was cut off: {e}")),
+            Err(e) if success => return Err(format!("the answer was cut off: {}", describe(e))),
             // An error status stands on its own; its unreadable reason is not needed.
             Err(_) => Vec::new(),
         };
@@ -71,7 +95,8 @@ impl Transport for WorkerTransport {
     }
 
     fn now_ms(&self) -> u64 {
-        Date::now().as_millis()
+        // The static `Date.now()`: `worker::Date::now()` builds a `Date` object.
+        js_sys::Date::now() as u64
     }
 
     fn random(&self) -> f64 {
@@ -79,7 +104,7 @@ impl Transport for WorkerTransport {
     }
 
     async fn kv_get(&self, key: &str) -> Option<String> {
-        let kv = self.kv.as_ref()?;
+        let kv = self.kv()?;
         match kv.get(key).text().await {
             Ok(value) => value,
             Err(e) => {
@@ -90,7 +115,7 @@ impl Transport for WorkerTransport {
     }
 
     async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64) {
-        let Some(kv) = self.kv.as_ref() else { return };
+        let Some(kv) = self.kv() else { return };
         let result = match kv.put(key, value) {
             Ok(builder) => builder.expiration_ttl(expiration_ttl_secs).execute().await,
             Err(e) => Err(e),
@@ -100,4 +125,9 @@ impl Transport for WorkerTransport {
             worker::console_warn!("{{\"msg\":\"TOKENS write failed\",\"error\":{:?}}}", e.to_string());
         }
     }
+}
+
+/// A JS error as `worker::Error` words it (`TypeError: ...`), as before.
+fn describe(error: JsValue) -> String {
+    worker::Error::from(error).to_string()
 }

@@ -32,6 +32,15 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
 }
 
+/// The path of a serialized URL (what `Request.url` gives): from the first
+/// `/` after the host to the query or fragment. workerd serializes URLs the
+/// WHATWG way, so a path's own `?` and `#` are percent-encoded.
+pub fn path_of_url(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(url, |i| url.get(i + 3..).unwrap_or_default());
+    let path = after_scheme.find('/').map_or("/", |i| after_scheme.get(i..).unwrap_or("/"));
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
 /// UnifiedPush's gateway discovery: "a GET on the notify path answers
 /// `{"unifiedpush":{"gateway":"matrix"}}`".
 pub fn discovery() -> Reply {
@@ -78,6 +87,16 @@ mod tests {
         assert_eq!(route("POST", HEALTH_PATH).unwrap_err().status_errcode(), (405, "M_UNRECOGNIZED"));
         assert_eq!(route("GET", "/").unwrap_err().status_errcode(), (404, "M_UNRECOGNIZED"));
         assert_eq!(route("POST", "/_matrix/push/v1/notify/").unwrap_err().status_errcode(), (404, "M_UNRECOGNIZED"));
+    }
+
+    #[test]
+    fn path_of_urls() {
+        assert_eq!(path_of_url("https://push.example.org/_matrix/push/v1/notify"), NOTIFY_PATH);
+        assert_eq!(path_of_url("http://127.0.0.1:8787/health?x=1#f"), HEALTH_PATH);
+        assert_eq!(path_of_url("https://push.example.org"), "/");
+        assert_eq!(path_of_url("https://push.example.org?q"), "/");
+        assert_eq!(path_of_url("https://push.example.org/a%3Fb"), "/a%3Fb");
+        assert_eq!(path_of_url("/health"), HEALTH_PATH);
     }
 
     #[test]
