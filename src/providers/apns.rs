@@ -8,8 +8,6 @@ use std::rc::Rc;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use p256::ecdsa::SigningKey;
-use p256::pkcs8::DecodePrivateKey as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -63,13 +61,12 @@ impl ApnsApp {
             }
         }
         let pem = super::normalize_pem(&super::require_secret(secrets, "key_secret", &config.key_secret)?);
-        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+        let key = JwtKey::es256_from_pkcs8_pem(&pem).map_err(|e| {
             format!(
                 "key_secret: the secret {:?} is not a PKCS#8 P-256 private key (an APNs .p8 PEM): {e}",
                 config.key_secret
             )
         })?;
-        let key = JwtKey::es256(key).map_err(|e| format!("key_secret: {e}"))?;
         Ok(Self { config, key: Rc::new(key) })
     }
 
@@ -464,6 +461,7 @@ mod tests {
     use std::time::Duration;
 
     use jwt_compact::UntrustedToken;
+    use p256::ecdsa::SigningKey;
     use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
 
     use super::*;

@@ -12,9 +12,9 @@ use std::rc::Rc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jwt_compact::alg::Es256;
 #[cfg(not(target_arch = "wasm32"))]
-use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
+use jwt_compact::alg::{Es256, Rsa, StrongAlg, StrongKey};
+#[cfg(not(target_arch = "wasm32"))]
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use p256::ecdsa::SigningKey;
 use p256::pkcs8::EncodePrivateKey as _;
@@ -45,7 +45,12 @@ impl JwtAlg {
 }
 
 enum InProcessKey {
+    #[cfg(not(target_arch = "wasm32"))]
     Es256(SigningKey),
+    /// In the worker ES256 is signed by WebCrypto only: loading a key does
+    /// no curve arithmetic (see `es256_from_pkcs8_pem`).
+    #[cfg(target_arch = "wasm32")]
+    Es256,
     #[cfg(not(target_arch = "wasm32"))]
     Rs256(Box<StrongKey<RsaPrivateKey>>),
     /// In the worker RS256 is signed by WebCrypto only: the RSA arithmetic
@@ -79,8 +84,30 @@ impl JwtKey {
             alg: JwtAlg::Es256,
             id: key_id("es256", &public),
             pkcs8_der: der.as_bytes().to_vec(),
+            #[cfg(not(target_arch = "wasm32"))]
             in_process: InProcessKey::Es256(key),
+            #[cfg(target_arch = "wasm32")]
+            in_process: InProcessKey::Es256,
         })
+    }
+
+    /// An ES256 key from a PKCS#8 PEM (an APNs `.p8`).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn es256_from_pkcs8_pem(pem: &str) -> Result<Self, String> {
+        use p256::pkcs8::DecodePrivateKey as _;
+        Self::es256(SigningKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?)
+    }
+
+    /// The worker's ES256 key from a PKCS#8 PEM: its structure is checked (a
+    /// P-256 private key, the scalar in range) and it is kept as DER for
+    /// WebCrypto, which checks the key pair when it imports it (as for RSA).
+    /// No curve arithmetic unless the PEM lacks its public key: the first
+    /// scalar multiplication in an isolate costs ~8 ms of CPU, most of it
+    /// compiling the field arithmetic.
+    #[cfg(target_arch = "wasm32")]
+    pub fn es256_from_pkcs8_pem(pem: &str) -> Result<Self, String> {
+        let (der, public) = es256_pkcs8_parts(pem)?;
+        Ok(Self { alg: JwtAlg::Es256, id: key_id("es256", &public), pkcs8_der: der, in_process: InProcessKey::Es256 })
     }
 
     /// An RS256 key from a PEM, PKCS#8 (`PRIVATE KEY`, what Google issues)
@@ -147,13 +174,39 @@ impl JwtKey {
     /// Sign with jwt-compact, in this process.
     pub fn sign_in_process(&self, message: &[u8]) -> Result<Vec<u8>, String> {
         match &self.in_process {
+            #[cfg(not(target_arch = "wasm32"))]
             InProcessKey::Es256(key) => Ok(Es256.sign(key, message).as_bytes().to_vec()),
             #[cfg(not(target_arch = "wasm32"))]
             InProcessKey::Rs256(key) => Ok(StrongAlg(Rsa::rs256()).sign(key.as_ref(), message).as_bytes().to_vec()),
             #[cfg(target_arch = "wasm32")]
-            InProcessKey::Rs256 => Err("RS256 is signed by WebCrypto in the worker".into()),
+            InProcessKey::Es256 | InProcessKey::Rs256 => {
+                let _ = message;
+                Err(format!("{} is signed by WebCrypto in the worker", self.alg.name()))
+            }
         }
     }
+}
+
+/// A P-256 PKCS#8 PEM's DER and its public key (SEC1), the public key taken
+/// from the DER when present (WebCrypto checks that it matches).
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn es256_pkcs8_parts(pem: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    use p256::elliptic_curve::ALGORITHM_OID;
+    use p256::pkcs8::der::Decode as _;
+    use p256::pkcs8::{AssociatedOid as _, PrivateKeyInfo};
+    let (label, der) = p256::pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|e| e.to_string())?;
+    if label != "PRIVATE KEY" {
+        return Err(format!("the PEM holds a {label:?}, not a \"PRIVATE KEY\""));
+    }
+    let info = PrivateKeyInfo::from_der(&der).map_err(|e| e.to_string())?;
+    info.algorithm.assert_oids(ALGORITHM_OID, p256::NistP256::OID).map_err(|e| e.to_string())?;
+    let ec = sec1::EcPrivateKey::from_der(info.private_key).map_err(|e| e.to_string())?;
+    let secret = p256::SecretKey::from_slice(ec.private_key).map_err(|_| "the private scalar is out of range".to_string())?;
+    let public = match ec.public_key {
+        Some(public) => public.to_vec(),
+        None => secret.public_key().to_sec1_bytes().to_vec(),
+    };
+    Ok((der, public))
 }
 
 fn rsa_size_error() -> String {
@@ -244,5 +297,30 @@ mod tests {
         assert_eq!(verified.claims().issued_at.map(|t| t.timestamp()), Some(1_800_000_000));
         assert!(key.id().starts_with("es256:"));
         assert!(!format!("{key:?}").contains(&URL_SAFE_NO_PAD.encode(key.pkcs8_der())));
+    }
+
+    #[test]
+    fn worker_es256_parts_match_the_full_parse() {
+        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+        let secret = p256::SecretKey::from_slice(&[5u8; 32]).unwrap();
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let full = JwtKey::es256_from_pkcs8_pem(&pem).unwrap();
+        let (der, public) = es256_pkcs8_parts(&pem).unwrap();
+        assert_eq!(key_id("es256", &public), full.id());
+        assert_eq!(der, full.pkcs8_der());
+        // Without its public key, the key's id is the same (derived).
+        let scalar = secret.to_bytes();
+        let bare = sec1::EcPrivateKey { private_key: &scalar, parameters: None, public_key: None };
+        let bare_der = sec1::der::Encode::to_der(&bare).unwrap();
+        let algorithm = p256::pkcs8::AlgorithmIdentifierRef {
+            oid: p256::elliptic_curve::ALGORITHM_OID,
+            parameters: Some((&<p256::NistP256 as p256::pkcs8::AssociatedOid>::OID).into()),
+        };
+        let bare_info = p256::pkcs8::PrivateKeyInfo::new(algorithm, &bare_der);
+        let bare_pem = p256::pkcs8::der::EncodePem::to_pem(&bare_info, LineEnding::LF).unwrap();
+        assert_eq!(key_id("es256", &es256_pkcs8_parts(&bare_pem).unwrap().1), full.id());
+        let rsa_like = pem.replace("PRIVATE KEY", "RSA PRIVATE KEY");
+        assert!(es256_pkcs8_parts(&rsa_like).is_err());
+        assert!(es256_pkcs8_parts("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
     }
 }
