@@ -1,7 +1,12 @@
 //! Counters for Workers Analytics Engine (binding `METRICS`, optional): one
 //! data point per device, so every count is a `SUM(_sample_interval)` away.
 //!
-//! Layout (documented in README):
+//! Besides, one point per notify (index1 `notify`), refused ones included:
+//! blob2 `notify`, blob3 the answer's `errcode` (or `ok`), blob5 its status
+//! class; double1 1, double2 its devices, double4 milliseconds, double5 the
+//! answer's status.
+//!
+//! Device layout (documented in README):
 //! - index1: the provider (`apns`, `fcm`, `webpush`, `unifiedpush`, `none`)
 //! - blob1: app id, blob2: provider, blob3: outcome
 //!   (`delivered` / `rejected` / `transient` / `failed`), blob4: token source
@@ -54,6 +59,21 @@ pub fn data_point(report: &DeviceReport, answer_status: u16) -> DataPoint {
     }
 }
 
+/// The point written once per notify, whatever its answer.
+pub fn notify_point(answer_status: u16, errcode: Option<&str>, devices: usize, ms: u64) -> DataPoint {
+    DataPoint {
+        index: "notify",
+        blobs: vec![
+            String::new(),
+            "notify".to_string(),
+            errcode.unwrap_or("ok").to_string(),
+            String::new(),
+            format!("{}xx", answer_status / 100),
+        ],
+        doubles: vec![1.0, devices as f64, 0.0, ms as f64, f64::from(answer_status), 0.0],
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
@@ -76,5 +96,14 @@ mod tests {
         assert_eq!(p.index, "apns");
         assert_eq!(p.blobs, vec!["com.example.ios", "apns", "transient", "minted", "5xx"]);
         assert_eq!(p.doubles, vec![1.0, 3.0, 2.0, 12.0, 503.0, 1.0]);
+    }
+
+    #[test]
+    fn notify_point_layout() {
+        let p = notify_point(400, Some("M_BAD_JSON"), 0, 3);
+        assert_eq!(p.index, "notify");
+        assert_eq!(p.blobs, vec!["", "notify", "M_BAD_JSON", "", "4xx"]);
+        assert_eq!(p.doubles, vec![1.0, 0.0, 0.0, 3.0, 400.0, 0.0]);
+        assert_eq!(notify_point(200, None, 2, 5).blobs[2], "ok");
     }
 }

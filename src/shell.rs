@@ -122,7 +122,9 @@ async fn notify(req: web_sys::Request, env: &Env) -> Reply {
         devices: &reports,
         error: (reply.status != 200).then(|| reply.body.get("error").and_then(|e| e.as_str()).unwrap_or_default().to_string()),
     };
-    write_metrics(env, &reports, reply.status);
+    let errcode = reply.body.get("errcode").and_then(|e| e.as_str());
+    let notify_point = crate::metrics::notify_point(reply.status, errcode, reports.len(), log.ms);
+    write_metrics(env, std::iter::once(notify_point).chain(reports.iter().map(|r| crate::metrics::data_point(r, reply.status))));
     match serde_json::to_string(&log) {
         Ok(line) if reply.status >= 500 => console_error!("{line}"),
         Ok(line) => console_log!("{line}"),
@@ -131,10 +133,9 @@ async fn notify(req: web_sys::Request, env: &Env) -> Reply {
     reply
 }
 
-fn write_metrics(env: &Env, reports: &[crate::dispatch::DeviceReport], answer_status: u16) {
+fn write_metrics(env: &Env, points: impl Iterator<Item = crate::metrics::DataPoint>) {
     let Ok(dataset) = env.analytics_engine("METRICS") else { return };
-    for report in reports {
-        let point = crate::metrics::data_point(report, answer_status);
+    for point in points {
         let written = AnalyticsEngineDataPointBuilder::new()
             .indexes([point.index])
             .blobs(point.blobs)
