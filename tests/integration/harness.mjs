@@ -29,8 +29,9 @@ export const TEST_KNOBS = { RETRY_BASE_MS: "1", MAX_TRIES: "3", SEND_TIMEOUT_MS:
  *     instead of a [vars] table.
  *   `vars`: knobs, merged over TEST_KNOBS.
  *   `kv`: bind the TOKENS namespace (default true).
+ *   `metrics`: bind an Analytics Engine dataset as METRICS (default false).
  */
-export async function startWorker({ apps, appsAsString = false, secrets = {}, vars = {}, kv = true } = {}) {
+export async function startWorker({ apps, appsAsString = false, secrets = {}, vars = {}, kv = true, metrics = false } = {}) {
   if (!fs.existsSync(SCRIPT)) {
     throw new Error(`${path.relative(ROOT, SCRIPT)} is missing: run scripts/build first (scripts/test does)`);
   }
@@ -47,6 +48,8 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: COMPATIBILITY_DATE,
     kvNamespaces: kv ? ["TOKENS"] : [],
+    // Miniflare's local Analytics Engine accepts data points and drops them.
+    ...(metrics ? { analyticsEngineDatasets: { METRICS: { dataset: "edgepush" } } } : {}),
     bindings,
     handleStructuredLogs: ({ level, message }) => {
       logs.push({ level, message });

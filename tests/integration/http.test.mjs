@@ -41,9 +41,13 @@ describe("a worker with good, broken and glob apps", () => {
         "com.example.weird": { type: "carrier-pigeon" },
       },
       secrets: { APNS_KEY: key.p8 },
+      // Every answer below also writes its Analytics Engine points.
+      metrics: true,
     });
   });
   after(async () => {
+    // No answer of this suite failed to write its counters.
+    assert.deepEqual(worker.logs.filter((l) => l.message.includes("METRICS write failed")), []);
     await worker?.close();
     await fake?.close();
   });
