@@ -18,7 +18,7 @@
 // Then the device token's script answers (see ANSWERS): "ok" by default.
 
 import crypto from "node:crypto";
-import { Script, decodeJwtPart, fakeHandle, startFakeServer } from "./common.mjs";
+import { Script, decodeJwtPart, fakeHandle, forbidInLogs, startFakeServer } from "./common.mjs";
 
 export const MAX_PAYLOAD_BYTES = 4096;
 const PUSH_TYPES = new Set([
@@ -59,7 +59,7 @@ export const ANSWERS = {
 export function generateApnsKey() {
   const { privateKey, publicKey } = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
   return {
-    p8: /** @type {string} */ (privateKey.export({ type: "pkcs8", format: "pem" })),
+    p8: forbidInLogs("secrets", /** @type {string} */ (privateKey.export({ type: "pkcs8", format: "pem" }))),
     publicKey,
   };
 }
@@ -71,7 +71,9 @@ export function hexToken(pushkey) {
 
 /** A pushkey (standard base64) of `bytes` random bytes; `hexToken` gives its device token. */
 export function randomPushkey(bytes = 32) {
-  return crypto.randomBytes(bytes).toString("base64");
+  const pushkey = forbidInLogs("pushkeys", crypto.randomBytes(bytes).toString("base64"));
+  forbidInLogs("pushkeys", hexToken(pushkey));
+  return pushkey;
 }
 
 /**
@@ -124,7 +126,7 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
     const t = now();
     if (claims.iat > t + IAT_FUTURE_SKEW_SECS) return refuse(403, "InvalidProviderToken", `iat ${claims.iat} is in the future (now ${t})`);
     if (claims.iat < t - TOKEN_MAX_AGE_SECS) return refuse(403, "ExpiredProviderToken", `iat ${claims.iat} older than 1 h`);
-    tokensSeen.push({ header, claims, jwt: auth.slice("bearer ".length) });
+    tokensSeen.push({ header, claims, jwt: forbidInLogs("tokens", auth.slice("bearer ".length)) });
 
     const h = req.headers;
     if (!h["apns-topic"]) return refuse(400, "MissingTopic", "no apns-topic");

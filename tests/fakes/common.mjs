@@ -9,6 +9,7 @@
 // proxy, the Synapse relay, the bench's providers): listening on a free
 // port, reading a body, the handle a provider fake gives its test.
 
+import fs from "node:fs";
 import http from "node:http";
 
 /**
@@ -193,4 +194,19 @@ export function fakeHandle({ server, script, delivered, violations, forget = () 
 /** Decode a base64url JWT segment to JSON, or undefined. */
 export function decodeJwtPart(part) {
   return parseJson(Buffer.from(part, "base64url").toString("utf8"));
+}
+
+/**
+ * Notes a value that must never appear in a worker's log (key material, a
+ * token, a whole pushkey) for the suite-wide scan (tests/scan-all-logs.mjs),
+ * when scripts/test set EDGEPUSH_FORBIDDEN_FILE. Returns the value.
+ * @template {string} T
+ * @param {"secrets" | "tokens" | "pushkeys"} kind
+ * @param {T} value
+ * @returns {T}
+ */
+export function forbidInLogs(kind, value) {
+  const file = process.env.EDGEPUSH_FORBIDDEN_FILE;
+  if (file && value) fs.appendFileSync(file, `${JSON.stringify({ kind, value })}\n`);
+  return value;
 }

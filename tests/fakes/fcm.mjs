@@ -20,7 +20,7 @@
 // Then the pushkey's script answers (see ANSWERS): "ok" by default.
 
 import crypto from "node:crypto";
-import { Script, decodeJwtPart, fakeHandle, startFakeServer } from "./common.mjs";
+import { Script, decodeJwtPart, fakeHandle, forbidInLogs, startFakeServer } from "./common.mjs";
 
 export const SCOPE = "https://www.googleapis.com/auth/firebase.messaging";
 export const JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -107,7 +107,7 @@ export function generateServiceAccount({ clientEmail = "edgepush@example-123.iam
         type: "service_account",
         project_id: projectId,
         private_key_id: "0123456789abcdef",
-        private_key: privateKey.export({ type: "pkcs8", format: "pem" }),
+        private_key: forbidInLogs("secrets", /** @type {string} */ (privateKey.export({ type: "pkcs8", format: "pem" }))),
         client_email: clientEmail,
         client_id: "100000000000000000000",
         auth_uri: "https://accounts.google.com/o/oauth2/auth",
@@ -198,7 +198,7 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
     const answer = tokenScript.nextAnswer("token", TOKEN_ANSWERS);
     if (answer.status !== 200) return answer;
     serial += 1;
-    const accessToken = `ya29.fake-${serial}-${crypto.randomBytes(8).toString("hex")}`;
+    const accessToken = forbidInLogs("tokens", `ya29.fake-${serial}-${crypto.randomBytes(8).toString("hex")}`);
     issued.add(accessToken);
     return { status: 200, body: { access_token: accessToken, expires_in: ACCESS_TOKEN_LIFETIME_SECS, token_type: "Bearer" } };
   };

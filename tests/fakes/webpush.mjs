@@ -17,7 +17,7 @@
 // Then the subscription's script answers (see ANSWERS): "ok" by default.
 
 import crypto from "node:crypto";
-import { Script, decodeJwtPart, fakeHandle, parseJson, startFakeServer } from "./common.mjs";
+import { Script, decodeJwtPart, fakeHandle, forbidInLogs, parseJson, startFakeServer } from "./common.mjs";
 
 export const MAX_BODY_BYTES = 4096;
 const URGENCIES = new Set(["very-low", "low", "normal", "high"]);
@@ -50,9 +50,9 @@ export function generateVapidKey() {
   const jwk = privateKey.export({ format: "jwk" });
   const publicRaw = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, "base64url"), Buffer.from(jwk.y, "base64url")]);
   return {
-    raw: jwk.d,
-    pkcs8: /** @type {string} */ (privateKey.export({ type: "pkcs8", format: "pem" })),
-    sec1: /** @type {string} */ (privateKey.export({ type: "sec1", format: "pem" })),
+    raw: forbidInLogs("secrets", /** @type {string} */ (jwk.d)),
+    pkcs8: forbidInLogs("secrets", /** @type {string} */ (privateKey.export({ type: "pkcs8", format: "pem" }))),
+    sec1: forbidInLogs("secrets", /** @type {string} */ (privateKey.export({ type: "sec1", format: "pem" }))),
     publicKey,
     /** The applicationServerKey a web client subscribes with. */
     publicB64: b64u(publicRaw),
@@ -117,6 +117,7 @@ export async function startFakePushService({ vapidPublicB64, now = () => Math.fl
     const auth = /^vapid t=([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+), ?k=([A-Za-z0-9_-]+)$/.exec(h.authorization ?? "");
     if (!auth) return refuse(401, `authorization is not \`vapid t=…, k=…\`: ${(h.authorization ?? "").slice(0, 12)}`);
     const [, headerPart, claimsPart, signaturePart, k] = auth;
+    forbidInLogs("tokens", `${headerPart}.${claimsPart}.${signaturePart}`);
     if (k !== vapidPublicB64) return refuse(403, "k is not the key this subscription was made with");
     const header = decodeJwtPart(headerPart);
     const claims = decodeJwtPart(claimsPart);
@@ -173,7 +174,12 @@ export async function startFakePushService({ vapidPublicB64, now = () => Math.fl
       ecdh.generateKeys();
       const auth = crypto.randomBytes(16);
       subscriptions.set(id, { ecdh, auth });
-      return { id, endpoint: `${origin}/push/${id}`, pushkey: b64u(ecdh.getPublicKey()), auth: b64u(auth) };
+      return {
+        id,
+        endpoint: `${origin}/push/${id}`,
+        pushkey: forbidInLogs("pushkeys", b64u(ecdh.getPublicKey())),
+        auth: forbidInLogs("secrets", b64u(auth)),
+      };
     },
     requestsFor(id) {
       return server.requests.filter((r) => r.path === `/push/${id}`);

@@ -53,6 +53,10 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
     bindings,
     handleStructuredLogs: ({ level, message }) => {
       logs.push({ level, message });
+      // Everything the suite's workers log, for tests/scan-all-logs.mjs.
+      if (process.env.EDGEPUSH_WORKER_LOG_FILE) {
+        fs.appendFileSync(process.env.EDGEPUSH_WORKER_LOG_FILE, `${JSON.stringify({ level, message })}\n`);
+      }
     },
   });
   await mf.ready;
