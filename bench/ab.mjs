@@ -14,11 +14,13 @@
 // Miniflare's dispatchFetch, which sends the body chunked.
 // CPU is the sum of /proc/<pid>/task/*/schedstat (ns) over the sample.
 
-import crypto from "node:crypto";
-import fs from "node:fs";
 import path from "node:path";
 import { Miniflare } from "miniflare";
-import { COMPATIBILITY_DATE, NOTIFY, ROOT, synapseFixture } from "../tests/integration/harness.mjs";
+import { COMPATIBILITY_DATE, NOTIFY } from "../tests/integration/harness.mjs";
+import {
+  ANDROID, IOS, apnsPushkey, benchApps, benchKeys, buildOptions, device, fcmPushkey, floorOptions, median, notifyBody, schedCpuMs,
+  workerdChildren,
+} from "./common.mjs";
 import { startFakeProviders } from "./fake-providers.mjs";
 
 const ROUNDS = Number(process.env.AB_ROUNDS ?? 5);
@@ -33,71 +35,18 @@ const builds = args.filter((a) => !a.startsWith("--")).map((a) => {
 });
 if (builds.length === 0) throw new Error("usage: node bench/ab.mjs [--cold|--warm] name=builddir ...");
 
-function workerdChildren() {
-  const pids = [];
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat;
-    try {
-      stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
-    } catch {
-      continue;
-    }
-    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-    if (ppid === process.pid && comm.startsWith("workerd")) pids.push(Number(entry));
-  }
-  return pids;
-}
-
-function schedCpuMs(pid) {
-  let ns = 0;
-  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0]);
-    } catch {
-      // thread gone
-    }
-  }
-  return ns / 1e6;
-}
-
 const fake = await startFakeProviders();
 const origin = fake.origin;
-const apnsKey = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-const APNS_P8 = apnsKey.privateKey.export({ type: "pkcs8", format: "pem" });
-const RSA_PEM = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" });
-const IOS = "org.example.bench.ios";
-const ANDROID = "org.example.bench.android";
-const apps = {
-  [IOS]: { type: "apns", topic: "org.example.bench", team_id: "BENCHTEAM0", key_id: "BENCHKEY00", key_secret: "APNS_KEY", url: origin },
-  [ANDROID]: { type: "fcm", project_id: "edgepush-bench", service_account_secret: "FCM_SA", url: origin },
-};
-const secrets = {
-  APNS_KEY: APNS_P8,
-  FCM_SA: JSON.stringify({
-    type: "service_account", project_id: "edgepush-bench", private_key_id: "0".repeat(40), private_key: RSA_PEM,
-    client_email: "bench@edgepush-bench.iam.gserviceaccount.com", token_uri: `${origin}/token`,
-  }),
-};
-const MESSAGE = synapseFixture("message-ios").notification;
-const notifyBody = (devices) => JSON.stringify({ notification: { ...MESSAGE, devices } });
-const device = (app_id, pushkey) => ({ app_id, pushkey, pushkey_ts: 1795564953, data: {} });
-const apnsBody = notifyBody([device(IOS, crypto.randomBytes(32).toString("base64"))]);
-const fcmBody = notifyBody([device(ANDROID, `bench-fcm-${crypto.randomBytes(60).toString("base64url")}`)]);
+const { apps, secrets } = benchApps(origin, benchKeys());
+const apnsBody = notifyBody([device(IOS, apnsPushkey())]);
+const fcmBody = notifyBody([device(ANDROID, fcmPushkey())]);
 
 async function start(build) {
   const before = new Set(workerdChildren());
   const options =
     build.name.startsWith("floor")
-      ? { scriptPath: build.dir.endsWith(".mjs") ? build.dir : path.join(ROOT, "bench/floor.mjs"), kvNamespaces: ["TOKENS"], bindings: { UPSTREAM: `${origin}/3/device/ab` } }
-      : {
-          scriptPath: path.join(build.dir, "index.js"),
-          modulesRoot: build.dir,
-          modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-          kvNamespaces: ["TOKENS"],
-          bindings: { ...secrets, APPS: JSON.stringify(apps) },
-        };
+      ? floorOptions(`${origin}/3/device/ab`, build.dir.endsWith(".mjs") ? build.dir : undefined)
+      : buildOptions(build.dir, apps, secrets);
   const mf = new Miniflare({ modules: true, compatibilityDate: COMPATIBILITY_DATE, handleStructuredLogs: () => {}, ...options });
   const url = (await mf.ready).origin;
   const pids = workerdChildren().filter((p) => !before.has(p));
@@ -129,10 +78,6 @@ async function sample(instance, body, concurrency) {
   return (schedCpuMs(instance.pid) - before) / N;
 }
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const cell = (xs) => `${Math.min(...xs).toFixed(3)} / ${median(xs).toFixed(3)}`;
 const table = (title, points, results) => {
   console.log(`\n${title} (ms CPU, min / median)`);

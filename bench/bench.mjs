@@ -16,7 +16,11 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import zlib from "node:zlib";
 import { Miniflare } from "miniflare";
-import { COMPATIBILITY_DATE, NOTIFY, ROOT, synapseFixture } from "../tests/integration/harness.mjs";
+import { COMPATIBILITY_DATE, NOTIFY, ROOT } from "../tests/integration/harness.mjs";
+import {
+  ANDROID, IOS, apnsApp, apnsPushkey, benchApps, benchKeys, buildOptions, device, fcmApp, fcmPushkey, floorOptions,
+  median, notifyBody, schedCpuMs, serviceAccount, statCpuMs, workerdChildren,
+} from "./common.mjs";
 import { startFakeProviders } from "./fake-providers.mjs";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
@@ -27,50 +31,11 @@ const MINTS_PER_REP = 40;
 /** Notifies per repetition of the warm reference next to the mint points. */
 const WARM_PER_REP = 80;
 const FRESH_PROCESSES = REPS;
-const TICK_MS = 1000 / 100; // USER_HZ; `getconf CLK_TCK` is 100 on Linux x86_64
 const OK_BODY = '{"rejected":[]}';
 
 const progress = (message) => process.stderr.write(`bench: ${message}\n`);
 
 // ---------------------------------------------------------------- CPU
-
-/** Pids of the workerd processes this node process spawned. */
-function workerdChildren() {
-  const pids = [];
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat;
-    try {
-      stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
-    } catch {
-      continue;
-    }
-    const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-    if (ppid === process.pid && comm.startsWith("workerd")) pids.push(Number(entry));
-  }
-  return pids;
-}
-
-/** utime + stime of the whole process, in ms (10 ms resolution). */
-function statCpuMs(pid) {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * TICK_MS;
-}
-
-/** On-CPU time of the process's live threads, in ms (ns resolution). */
-function schedCpuMs(pid) {
-  let ns = 0;
-  for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[0]);
-    } catch {
-      // the thread ended between the listing and the read
-    }
-  }
-  return ns / 1e6;
-}
 
 const cpu = (pid) => ({ stat: statCpuMs(pid), sched: schedCpuMs(pid) });
 const load1 = () => Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
@@ -95,48 +60,9 @@ async function startInstance(options) {
   return { mf, pid: pids[0], started, readyMs };
 }
 
-function edgepushOptions(apps, secrets) {
-  return {
-    scriptPath: path.join(ROOT, "build/index.js"),
-    modulesRoot: ROOT,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-    kvNamespaces: ["TOKENS"],
-    bindings: { ...secrets, APPS: JSON.stringify(apps) },
-  };
-}
+const edgepushOptions = (apps, secrets) => buildOptions(path.join(ROOT, "build"), apps, secrets, { modulesRoot: ROOT });
 
-// ---------------------------------------------------------------- keys and apps
-
-const apnsKey = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-const APNS_P8 = apnsKey.privateKey.export({ type: "pkcs8", format: "pem" });
-const rsaKey = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 });
-const RSA_PEM = rsaKey.privateKey.export({ type: "pkcs8", format: "pem" });
-
-const apnsApp = (origin, keyId = "BENCHKEY00") => ({
-  type: "apns", topic: "org.example.bench", team_id: "BENCHTEAM0", key_id: keyId, key_secret: "APNS_KEY", url: origin,
-});
-const fcmApp = (origin, secret = "FCM_SERVICE_ACCOUNT") => ({
-  type: "fcm", project_id: "edgepush-bench", service_account_secret: secret, url: origin,
-});
-const serviceAccount = (origin, name = "edgepush-bench") =>
-  JSON.stringify({
-    type: "service_account",
-    project_id: "edgepush-bench",
-    private_key_id: crypto.randomBytes(20).toString("hex"),
-    private_key: RSA_PEM,
-    client_email: `${name}@edgepush-bench.iam.gserviceaccount.com`,
-    token_uri: `${origin}/token`,
-  });
-
-const IOS = "org.example.bench.ios";
-const ANDROID = "org.example.bench.android";
-const apnsPushkey = () => crypto.randomBytes(32).toString("base64");
-const fcmPushkey = () => `bench-fcm-${crypto.randomBytes(60).toString("base64url")}`;
-
-/** A real Synapse message notify, with `devices` in place of its own. */
-const MESSAGE = synapseFixture("message-ios").notification;
-const notifyBody = (devices) => JSON.stringify({ notification: { ...MESSAGE, devices } });
-const device = (app_id, pushkey) => ({ app_id, pushkey, pushkey_ts: 1795564953, data: {} });
+const keys = benchKeys();
 
 // ---------------------------------------------------------------- load
 
@@ -191,10 +117,6 @@ async function sequential(instance, bodies, path = NOTIFY) {
 
 // ---------------------------------------------------------------- figures
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const min = (xs) => Math.min(...xs);
 const max = (xs) => Math.max(...xs);
 const fmt = (x, digits) => (Number.isFinite(x) ? x.toFixed(digits) : "-");
@@ -247,8 +169,7 @@ const gzip = (buf) => zlib.gzipSync(buf).length; // as wrangler reports it (defa
 
 // Fresh processes: start to first response, and what a cold isolate costs.
 const fresh = { readyMs: [], firstMs: [], readyCpu: [], healthCpu: [], apnsCpu: [], fcmCpu: [], floorCpu: [] };
-const warmApps = { [IOS]: apnsApp(origin), [ANDROID]: fcmApp(origin) };
-const warmSecrets = { APNS_KEY: APNS_P8, FCM_SERVICE_ACCOUNT: serviceAccount(origin) };
+const { apps: warmApps, secrets: warmSecrets } = benchApps(origin, keys);
 for (let i = 0; i < FRESH_PROCESSES; i++) {
   progress(`fresh process ${i + 1}/${FRESH_PROCESSES}`);
   const instance = await startInstance(edgepushOptions(warmApps, warmSecrets));
@@ -264,11 +185,6 @@ for (let i = 0; i < FRESH_PROCESSES; i++) {
   fresh.fcmCpu.push(fcmCpu);
   await instance.mf.dispose();
 }
-const floorOptions = (upstream) => ({
-  scriptPath: path.join(ROOT, "bench/floor.mjs"),
-  kvNamespaces: ["TOKENS"],
-  bindings: { UPSTREAM: upstream },
-});
 const floorUpstream = `${origin}/3/device/${crypto.randomBytes(32).toString("hex")}`;
 // The same without a notify first: what the first request costs before any
 // mint; and the floor's first request, which is the runtime's part of it.
@@ -318,8 +234,7 @@ const warmMints = fake.counts.token - tokensBeforeWarm;
 // Mints in a warm isolate: the first notify to an app with a key of its own,
 // against a notify to a warm app in the same isolate.
 progress("mint points");
-const mintApps = { [IOS]: apnsApp(origin), [ANDROID]: fcmApp(origin) };
-const mintSecrets = { APNS_KEY: APNS_P8, FCM_SERVICE_ACCOUNT: serviceAccount(origin) };
+const { apps: mintApps, secrets: mintSecrets } = benchApps(origin, keys);
 const mintCount = MINTS_PER_REP * REPS + 1;
 const newApns = [];
 const newFcm = [];
@@ -328,7 +243,7 @@ for (let i = 0; i < mintCount; i++) {
   mintApps[apnsId] = apnsApp(origin, `BENCHK${String(i).padStart(4, "0")}`);
   newApns.push(apnsId);
   const fcmId = `org.example.bench.android.k${i}`;
-  mintSecrets[`FCM_SA_${i}`] = serviceAccount(origin, `bench-${i}`);
+  mintSecrets[`FCM_SA_${i}`] = serviceAccount(origin, keys, `bench-${i}`);
   mintApps[fcmId] = fcmApp(origin, `FCM_SA_${i}`);
   newFcm.push(fcmId);
 }

@@ -11,10 +11,10 @@
 // Build with `strip = false` in Cargo.toml's release profile so the wasm
 // keeps its function names.
 
-import crypto from "node:crypto";
 import path from "node:path";
 import { Miniflare } from "miniflare";
-import { COMPATIBILITY_DATE, NOTIFY, synapseFixture } from "../tests/integration/harness.mjs";
+import { COMPATIBILITY_DATE, NOTIFY } from "../tests/integration/harness.mjs";
+import { ANDROID, IOS, apnsPushkey, benchApps, benchKeys, buildOptions, device, floorOptions, notifyBody } from "./common.mjs";
 import { startFakeProviders } from "./fake-providers.mjs";
 
 const [dirArg, which = "apns", countArg = "3000"] = process.argv.slice(2);
@@ -22,29 +22,8 @@ const dir = path.resolve(dirArg);
 const COUNT = Number(countArg);
 const fake = await startFakeProviders();
 const origin = fake.origin;
-const APNS_P8 = crypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({ type: "pkcs8", format: "pem" });
-const RSA_PEM = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" });
-const IOS = "org.example.bench.ios";
-const ANDROID = "org.example.bench.android";
-const apps = {
-  [IOS]: { type: "apns", topic: "org.example.bench", team_id: "BENCHTEAM0", key_id: "BENCHKEY00", key_secret: "APNS_KEY", url: origin },
-  [ANDROID]: { type: "fcm", project_id: "edgepush-bench", service_account_secret: "FCM_SA", url: origin },
-};
-const secrets = {
-  APNS_KEY: APNS_P8,
-  FCM_SA: JSON.stringify({
-    type: "service_account", project_id: "edgepush-bench", private_key_id: "0".repeat(40), private_key: RSA_PEM,
-    client_email: "bench@edgepush-bench.iam.gserviceaccount.com", token_uri: `${origin}/token`,
-  }),
-};
-const MESSAGE = synapseFixture("message-ios").notification;
-const device = (app_id, pushkey) => ({ app_id, pushkey, pushkey_ts: 1795564953, data: {} });
-const body = JSON.stringify({
-  notification: {
-    ...MESSAGE,
-    devices: [which === "fcm" ? device(ANDROID, `bench-fcm-${"x".repeat(80)}`) : device(IOS, crypto.randomBytes(32).toString("base64"))],
-  },
-});
+const { apps, secrets } = benchApps(origin, benchKeys());
+const body = notifyBody([which === "fcm" ? device(ANDROID, `bench-fcm-${"x".repeat(80)}`) : device(IOS, apnsPushkey())]);
 
 const inspectorPort = 9230 + Math.floor(Math.random() * 500);
 const mf = new Miniflare({
@@ -53,14 +32,8 @@ const mf = new Miniflare({
   handleStructuredLogs: () => {},
   inspectorPort,
   ...(dirArg === "floor"
-    ? { scriptPath: "bench/floor.mjs", kvNamespaces: ["TOKENS"], bindings: { UPSTREAM: `${origin}/3/device/prof` } }
-    : {
-        scriptPath: path.join(dir, "index.js"),
-        modulesRoot: dir,
-        modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
-        kvNamespaces: ["TOKENS"],
-        bindings: { ...secrets, APPS: JSON.stringify(apps) },
-      }),
+    ? floorOptions(`${origin}/3/device/prof`)
+    : buildOptions(dir, apps, secrets)),
 });
 await mf.ready;
 const post = async () => {
