@@ -55,32 +55,19 @@ impl Transport for WorkerTransport<'_> {
         init.set_signal(Some(&controller.signal()));
 
         let global: WorkerGlobalScope = js_sys::global().unchecked_into();
-        let sending = JsFuture::from(global.fetch_with_str_and_init(&request.url, &init));
+        // The timeout bounds the whole exchange, body included: a provider
+        // that sends its headers and then stalls is as dead as a silent one.
+        let exchange = Box::pin(async {
+            let response = JsFuture::from(global.fetch_with_str_and_init(&request.url, &init)).await.map_err(describe)?;
+            read_response(response).await
+        });
         let timeout = Delay::from(Duration::from_millis(self.send_timeout_ms));
-        let response = match select(sending, timeout).await {
-            Either::Left((result, _)) => result.map_err(describe)?,
+        let (status, headers, mut body) = match select(exchange, timeout).await {
+            Either::Left((result, _)) => result?,
             Either::Right(_) => {
                 controller.abort();
                 return Err(format!("no answer within {} ms", self.send_timeout_ms));
             }
-        };
-        let response: web_sys::Response = response.dyn_into().map_err(|_| "fetch did not return a Response".to_string())?;
-        let status = response.status();
-        let success = (200..300).contains(&status);
-        // `Retry-After` only matters on an error answer.
-        let retry_after = if success { None } else { response.headers().get(RETRY_AFTER).ok().flatten() };
-        let headers = retry_after.map(|v| vec![(RETRY_AFTER.to_string(), v)]).unwrap_or_default();
-        let body = match response.array_buffer() {
-            Ok(promise) => JsFuture::from(promise).await,
-            Err(e) => Err(e),
-        };
-        let mut body = match body {
-            Ok(buffer) => Uint8Array::new(&buffer).to_vec(),
-            // A success whose body was cut off is no success (a token
-            // endpoint's answer without its token): retry it.
-            Err(e) if success => return Err(format!("the answer was cut off: {}", describe(e))),
-            // An error status stands on its own; its unreadable reason is not needed.
-            Err(_) => Vec::new(),
         };
         body.truncate(MAX_RESPONSE_BYTES);
         Ok(ProviderResponse { status, headers, body })
@@ -127,7 +114,30 @@ impl Transport for WorkerTransport<'_> {
     }
 }
 
+/// Status, the headers the providers read, and the body of a fetch's answer.
+async fn read_response(response: JsValue) -> Result<(u16, Vec<(String, String)>, Vec<u8>), String> {
+    let response: web_sys::Response = response.dyn_into().map_err(|_| "fetch did not return a Response".to_string())?;
+    let status = response.status();
+    let success = (200..300).contains(&status);
+    // `Retry-After` only matters on an error answer.
+    let retry_after = if success { None } else { response.headers().get(RETRY_AFTER).ok().flatten() };
+    let headers = retry_after.map(|v| vec![(RETRY_AFTER.to_string(), v)]).unwrap_or_default();
+    let body = match response.array_buffer() {
+        Ok(promise) => JsFuture::from(promise).await,
+        Err(e) => Err(e),
+    };
+    let body = match body {
+        Ok(buffer) => Uint8Array::new(&buffer).to_vec(),
+        // A success whose body was cut off is no success (a token
+        // endpoint's answer without its token): retry it.
+        Err(e) if success => return Err(format!("the answer was cut off: {}", describe(e))),
+        // An error status stands on its own; its unreadable reason is not needed.
+        Err(_) => Vec::new(),
+    };
+    Ok((status, headers, body))
+}
+
 /// A JS error as `worker::Error` words it (`TypeError: ...`), as before.
-fn describe(error: JsValue) -> String {
+pub(crate) fn describe(error: JsValue) -> String {
     worker::Error::from(error).to_string()
 }

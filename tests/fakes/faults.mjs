@@ -39,7 +39,8 @@ export const FAULTS = {
  * @typedef {"pass" | "reset" | "deliver-then-reset"
  *   | { status: number, headers?: Record<string, string>, body?: any }
  *   | { delayMs: number, then?: Fault }
- *   | { truncate: { status: number, body: string, headers?: Record<string, string> } }} Fault
+ *   | { truncate: { status: number, body: string, headers?: Record<string, string> } }
+ *   | { stallBody: { status: number, ms: number } }} Fault
  * @typedef {{ method: string, path: string, headers: Record<string, string | string[] | undefined>, body: Buffer, text: string, json: any }} ProxiedRequest
  */
 
@@ -98,6 +99,13 @@ export async function startFaultProxy({ upstream, keyOf = (req) => req.path, cho
       await new Promise((resolve) => setTimeout(resolve, fault.delayMs));
       if (req.socket.destroyed) return;
       await apply(fault.then ?? FAULTS.unavailable, req, res, body);
+    } else if ("stallBody" in fault) {
+      // Headers at once, then half the body, then nothing for `ms`.
+      const full = Buffer.from(JSON.stringify({ reason: "ServiceUnavailable", detail: "x".repeat(200) }));
+      res.writeHead(fault.stallBody.status, { "content-type": "application/json", "content-length": String(full.length) });
+      res.write(full.subarray(0, Math.floor(full.length / 2)));
+      await new Promise((resolve) => setTimeout(resolve, fault.stallBody.ms));
+      if (!req.socket.destroyed) res.end(full.subarray(Math.floor(full.length / 2)));
     } else if ("truncate" in fault) {
       const full = Buffer.from(fault.truncate.body);
       res.writeHead(fault.truncate.status, {
@@ -155,6 +163,7 @@ export async function startFaultProxy({ upstream, keyOf = (req) => req.path, cho
 
 function describe(fault) {
   if (typeof fault === "string") return fault;
+  if ("stallBody" in fault) return `${fault.stallBody.status}, body stalled ${fault.stallBody.ms} ms`;
   if ("delayMs" in fault) return `delay ${fault.delayMs} ms, then ${describe(fault.then ?? FAULTS.unavailable)}`;
   if ("truncate" in fault) return `truncated ${fault.truncate.status}`;
   return String(fault.status);

@@ -166,6 +166,8 @@ describe("provider faults", () => {
     "a truncated 500 body (the connection dies mid-body)": FAULTS.truncated,
     "a non-JSON 502 body (an HTML error page)": FAULTS.htmlError,
     "a 503 with an empty body and no content-type": { status: 503 },
+    // SEND_TIMEOUT_MS covers the body too: 3 tries must not wait 3 x 5 s.
+    "headers at once, then a body stalled past SEND_TIMEOUT_MS": { stallBody: { status: 503, ms: 5000 } },
   };
 
   for (const [provider, make] of Object.entries(targets)) {
@@ -184,11 +186,13 @@ describe("provider faults", () => {
         test(`${name} every time: MAX_TRIES tries, then 502 M_UNKNOWN`, async () => {
           const target = make();
           target.proxy.inject(target.key, [fault]);
+          const started = Date.now();
           const r = await notifyOne(target);
           assert.equal(r.status, 502, r.text);
           assert.equal(r.json.errcode, "M_UNKNOWN");
           assert.equal(target.delivered(), 0);
           assert.equal(target.proxy.seen(target.key).length, MAX_TRIES);
+          assert.ok(Date.now() - started < 4000, `every try ends within SEND_TIMEOUT_MS: took ${Date.now() - started} ms`);
         });
       }
 
