@@ -9,6 +9,7 @@ use worker::js_sys::{self, Array, Object, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 
+use crate::http::describe;
 use crate::providers::jwt::{JwtAlg, JwtToSign};
 
 thread_local! {
@@ -73,10 +74,4 @@ fn sign_params(alg: JwtAlg) -> Result<JsValue, String> {
         JwtAlg::Es256 => params(&[("name", "ECDSA"), ("hash", "SHA-256")]),
         JwtAlg::Rs256 => params(&[("name", "RSASSA-PKCS1-v1_5")]),
     }
-}
-
-fn describe(error: JsValue) -> String {
-    error.as_string().unwrap_or_else(|| {
-        Reflect::get(&error, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_else(|| "WebCrypto error".into())
-    })
 }
