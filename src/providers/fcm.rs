@@ -143,6 +143,7 @@ impl FcmApp {
     }
 
     /// The RS256 assertion (`{"alg":"RS256","typ":"JWT"}`) for `now`.
+    #[cfg(test)]
     pub fn assertion(&self, now: UnixSecs) -> Result<String, Verdict> {
         self.assertion_to_sign(now)?.sign_in_process()
     }
@@ -153,6 +154,7 @@ impl FcmApp {
     }
 
     /// The OAuth exchange: the assertion posted to `token_uri`.
+    #[cfg(test)]
     pub fn token_request(&self, now: UnixSecs) -> Result<OutRequest, Verdict> {
         Ok(self.token_request_with(&self.assertion(now)?))
     }
