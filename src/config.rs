@@ -10,6 +10,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::evidence::AppRecord;
 use crate::providers::{App, Secrets};
 
 /// Worker-wide knobs, all optional `[vars]`.
@@ -95,13 +96,18 @@ impl<'de> Deserialize<'de> for Origin {
     }
 }
 
-/// APNs endpoint family.
+/// APNs environment: where the app's device tokens are valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ApnsPlatform {
+    /// App Store and TestFlight builds.
     #[default]
     Production,
+    /// Builds run from Xcode.
     Sandbox,
+    /// Per device: production first, then once the sandbox on
+    /// `BadDeviceToken`; the environment that worked is remembered.
+    Auto,
 }
 
 /// `"type": "apns"` (token auth).
@@ -126,6 +132,10 @@ pub struct ApnsConfig {
     pub ttl: Option<u64>,
     #[serde(default)]
     pub url: Option<Origin>,
+    /// An origin replacing the sandbox's (`url` replaces both when this is
+    /// absent).
+    #[serde(default)]
+    pub sandbox_url: Option<Origin>,
 }
 
 /// `"type": "fcm"` (HTTP v1).
@@ -210,23 +220,50 @@ pub struct AppEntry {
     pub pattern: String,
     /// The usable app, or why this entry is broken (naming the field).
     pub app: Result<Rc<App>, String>,
+    /// What this isolate has seen of the app's sends.
+    pub record: AppRecord,
 }
 
 /// Where a device's `app_id` leads.
 pub enum Lookup<'a> {
-    Found(&'a Rc<App>),
+    Found { entry: &'a AppEntry, app: &'a Rc<App> },
     /// The app's entry is broken: its devices are `Failed`, never `Rejected`.
     Broken { pattern: &'a str, error: &'a str },
     NoMatch,
-    /// More than one glob matched and no exact entry exists.
-    Ambiguous,
+    /// Two globs matched and no exact entry exists: a configuration error,
+    /// so the device is `Failed`, never `Rejected`.
+    Ambiguous { first: &'a str, second: &'a str },
 }
 
-/// All configured apps, parsed once per isolate.
+/// Two globs that one app id can match both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobOverlap {
+    pub first: String,
+    pub second: String,
+    /// An app id matching both.
+    pub example: String,
+}
+
+impl std::fmt::Display for GlobOverlap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "globs {:?} and {:?} overlap: an app id matching both (e.g. {:?}) is answered 502 until it has an \
+             entry of its own or the globs no longer overlap",
+            self.first, self.second, self.example
+        )
+    }
+}
+
+/// All configured apps, parsed once per isolate, and what the isolate has
+/// seen of them since.
 pub struct Apps {
     pub entries: Vec<AppEntry>,
     /// A problem with `APPS` as a whole (absent, not JSON, not an object).
     pub global_error: Option<String>,
+    /// Pairs of globs some app id matches both: found at load, so the
+    /// mistake shows before a device is ever ambiguous.
+    pub overlaps: Vec<GlobOverlap>,
 }
 
 impl Apps {
@@ -247,26 +284,29 @@ impl Apps {
             },
             Some(_) => return Self::broken("APPS must be a JSON object keyed by app id"),
         };
-        let entries = object
+        let entries: Vec<AppEntry> = object
             .iter()
             .map(|(pattern, value)| AppEntry {
                 pattern: pattern.clone(),
                 app: AppConfig::parse(value)
                     .and_then(|config| App::load(config, secrets))
                     .map(Rc::new),
+                record: AppRecord::default(),
             })
             .collect();
-        Self { entries, global_error: None }
+        let patterns: Vec<&str> = entries.iter().map(|e| e.pattern.as_str()).collect();
+        let overlaps = glob_overlaps(&patterns);
+        Self { entries, global_error: None, overlaps }
     }
 
     fn broken(error: &str) -> Self {
-        Self { entries: Vec::new(), global_error: Some(error.to_string()) }
+        Self { entries: Vec::new(), global_error: Some(error.to_string()), overlaps: Vec::new() }
     }
 
-    fn found(e: &AppEntry) -> Lookup<'_> {
-        match &e.app {
-            Ok(app) => Lookup::Found(app),
-            Err(error) => Lookup::Broken { pattern: &e.pattern, error },
+    fn found(entry: &AppEntry) -> Lookup<'_> {
+        match &entry.app {
+            Ok(app) => Lookup::Found { entry, app },
+            Err(error) => Lookup::Broken { pattern: &entry.pattern, error },
         }
     }
 
@@ -278,26 +318,97 @@ impl Apps {
         let mut globs = self.entries.iter().filter(|e| is_glob(&e.pattern) && glob_matches(&e.pattern, app_id));
         match (globs.next(), globs.next()) {
             (Some(only), None) => Self::found(only),
-            (Some(_), Some(_)) => Lookup::Ambiguous,
+            (Some(first), Some(second)) => Lookup::Ambiguous { first: &first.pattern, second: &second.pattern },
             (None, _) => Lookup::NoMatch,
         }
     }
 
-    /// Per-app status for `/health`: `"ok"` or the entry's error.
-    pub fn health(&self) -> BTreeMap<String, String> {
+    /// Per-app status for `/health`: `"ok"`, the entry's error, or why its
+    /// sends look misconfigured (as of `now_ms`).
+    pub fn health(&self, now_ms: u64) -> BTreeMap<String, String> {
         self.entries
             .iter()
-            .map(|e| (e.pattern.clone(), e.app.as_ref().map_or_else(Clone::clone, |_| "ok".to_string())))
+            .map(|e| {
+                let status = match &e.app {
+                    Err(error) => error.clone(),
+                    Ok(_) => e.record.suspect(now_ms).unwrap_or_else(|| "ok".to_string()),
+                };
+                (e.pattern.clone(), status)
+            })
             .collect()
     }
 
-    pub fn is_healthy(&self) -> bool {
-        self.global_error.is_none() && self.entries.iter().all(|e| e.app.is_ok())
+    /// Every app loaded, no globs overlap, and no app looks misconfigured.
+    pub fn is_healthy(&self, now_ms: u64) -> bool {
+        self.global_error.is_none()
+            && self.overlaps.is_empty()
+            && self.entries.iter().all(|e| e.app.is_ok() && e.record.suspect(now_ms).is_none())
     }
 }
 
 fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?'])
+}
+
+/// Every pair of globs among `patterns` that some app id matches both.
+pub fn glob_overlaps(patterns: &[&str]) -> Vec<GlobOverlap> {
+    let globs: Vec<&str> = patterns.iter().copied().filter(|p| is_glob(p)).collect();
+    let mut overlaps = Vec::new();
+    for (i, first) in globs.iter().enumerate() {
+        for second in globs.iter().skip(i + 1) {
+            if let Some(example) = glob_overlap(first, second) {
+                overlaps.push(GlobOverlap { first: first.to_string(), second: second.to_string(), example });
+            }
+        }
+    }
+    overlaps
+}
+
+/// An id both globs match, if there is one: a search over pairs of
+/// positions (linear in their product), building the id on the way.
+pub fn glob_overlap(a: &str, b: &str) -> Option<String> {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // What a pattern character gives the id when the other side's `*`
+    // absorbs it: a literal itself, `?` any character, `*` nothing.
+    let absorbed = |c: char| match c {
+        '*' => None,
+        '?' => Some('x'),
+        c => Some(c),
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![(0usize, 0usize, String::new())];
+    while let Some((i, j, id)) = todo.pop() {
+        if !seen.insert((i, j)) {
+            continue;
+        }
+        let extended = |c: Option<char>| {
+            let mut id = id.clone();
+            id.extend(c);
+            id
+        };
+        match (a.get(i).copied(), b.get(j).copied()) {
+            (None, None) => return Some(id),
+            (Some('*'), next) => {
+                todo.push((i + 1, j, id.clone()));
+                if let Some(c) = next {
+                    todo.push((i, j + 1, extended(absorbed(c))));
+                }
+            }
+            (next, Some('*')) => {
+                todo.push((i, j + 1, id.clone()));
+                if let Some(c) = next {
+                    todo.push((i + 1, j, extended(absorbed(c))));
+                }
+            }
+            (Some(x), Some(y)) if x == y || x == '?' || y == '?' => {
+                let c = if x == '?' { absorbed(y) } else { Some(x) };
+                todo.push((i + 1, j + 1, extended(c)));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Case-sensitive glob over the whole id: `*` any run, `?` one character.
@@ -351,6 +462,50 @@ mod tests {
     }
 
     #[test]
+    fn glob_overlaps_name_both_globs_and_an_id_matching_both() {
+        let cases = [
+            ("chat.fluffy.*", "*.fluffychat.*", true),
+            ("*.up", "im.*", true),
+            ("a?c", "*c", true),
+            ("*", "*", true),
+            ("a*", "*b?", true),
+            ("*.ios", "*.android", false),
+            ("com.a.*", "com.b.*", false),
+            ("a?", "abc", false),
+            ("a?c", "a?d", false),
+        ];
+        for (a, b, overlap) in cases {
+            let found = glob_overlap(a, b);
+            assert_eq!(found.is_some(), overlap, "{a} {b}");
+            if let Some(id) = found {
+                assert!(glob_matches(a, &id) && glob_matches(b, &id), "{a} {b}: {id:?}");
+            }
+        }
+        let overlaps = glob_overlaps(&["*.up", "com.example.app", "im.*"]);
+        assert_eq!(overlaps.len(), 1);
+        let text = overlaps[0].to_string();
+        assert!(text.contains(r#"globs "*.up" and "im.*" overlap"#), "{text}");
+        assert!(glob_matches("*.up", &overlaps[0].example) && glob_matches("im.*", &overlaps[0].example));
+        assert!(text.contains(&format!("e.g. {:?}", overlaps[0].example)), "{text}");
+    }
+
+    #[test]
+    fn overlapping_globs_are_found_at_load_and_ambiguous_ids_name_both() {
+        let apps = Apps::load(
+            Some(&json!({"*.up": {"type": "unifiedpush"}, "im.*": {"type": "unifiedpush"}, "im.exact.up": {"type": "unifiedpush"}})),
+            &|_: &str| None,
+        );
+        assert_eq!(apps.overlaps.len(), 1);
+        assert!(!apps.is_healthy(0));
+        assert!(matches!(apps.find("im.x.up"), Lookup::Ambiguous { first: "*.up", second: "im.*" }));
+        assert!(matches!(apps.find("im.exact.up"), Lookup::Found { .. }), "an exact entry settles it");
+        assert!(matches!(apps.find("other.up"), Lookup::Found { .. }));
+        assert!(matches!(apps.find("nothing"), Lookup::NoMatch));
+        let fine = Apps::load(Some(&json!({"*.up": {"type": "unifiedpush"}, "*.ios": {"type": "unifiedpush"}})), &|_: &str| None);
+        assert!(fine.overlaps.is_empty() && fine.is_healthy(0));
+    }
+
+    #[test]
     fn settings_defaults_and_overrides() {
         let (s, w) = Settings::from_vars(|_| None);
         assert_eq!(s, Settings::default());
@@ -386,6 +541,7 @@ mod tests {
             (json!({"type": 3}), "type"),
             (json!({"type": "apns", "team_id": "T", "key_id": "K", "key_secret": "S"}), "topic"),
             (json!({"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "S", "platform": "prod"}), "prod"),
+            (json!({"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "S", "sandbox_url": "not-an-origin"}), "not-an-origin"),
             (json!({"type": "fcm", "project_id": "p"}), "service_account_secret"),
             (json!({"type": "fcm", "project_id": "p", "service_account_secret": "S", "url": "nope"}), "nope"),
             (json!({"type": "unifiedpush", "allowed_endpoint": []}), "allowed_endpoint"),

@@ -7,9 +7,10 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use crate::config::{Apps, Lookup, Settings};
+use crate::config::{AppEntry, Apps, Lookup, Settings};
 use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
+use crate::providers::apns::{self, ApnsApp, Environment};
 use crate::providers::jwt::JwtToSign;
 use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict};
 use crate::tokens::{TokenCache, TokenSource};
@@ -127,13 +128,21 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
     }
 
     /// Deliver to every device concurrently; reports keep the devices' order.
+    ///
+    /// A device its provider `Refused` is judged once every device of the
+    /// notify has settled, so a dead token answered before its app's other
+    /// devices were delivered still has their deliveries as evidence.
     pub async fn dispatch(&self, n: &Notification) -> Vec<(Device, DeviceReport)> {
         let started = self.transport.now_ms();
-        let reports = join_all(n.devices.iter().map(|d| self.deliver(n, d, started))).await;
+        let settled = join_all(n.devices.iter().map(|d| self.deliver(n, d, started))).await;
+        let delivered_here: Vec<&str> =
+            settled.iter().filter(|s| s.delivered_by_send()).filter_map(|s| s.entry.map(|e| e.pattern.as_str())).collect();
+        let now = self.transport.now_ms();
+        let reports = settled.into_iter().map(|s| s.judge(&delivered_here, now));
         n.devices.iter().cloned().zip(reports).collect()
     }
 
-    async fn deliver(&self, n: &Notification, d: &Device, request_started: u64) -> DeviceReport {
+    async fn deliver(&self, n: &Notification, d: &Device, request_started: u64) -> Settled<'a> {
         let started = self.transport.now_ms();
         let mut report = DeviceReport {
             app_id: d.app_id.clone(),
@@ -146,28 +155,35 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             token: None,
             ms: 0,
         };
+        let settle = |report, verdict, entry| Settled::new(report, verdict, entry, started, &self.transport);
         if let Some(error) = &self.apps.global_error {
             // Without a usable APPS nothing can be said about any device.
-            return finish(report, Verdict::failed(format!("APPS is broken: {error}")), started, &self.transport);
+            return settle(report, Verdict::failed(format!("APPS is broken: {error}")), None);
         }
-        let app = match self.apps.find(&d.app_id) {
-            Lookup::Found(app) => app,
-            Lookup::NoMatch => return finish(report, Verdict::rejected("no app configured for this app_id"), started, &self.transport),
-            Lookup::Ambiguous => return finish(report, Verdict::rejected("app_id matches more than one glob"), started, &self.transport),
+        let (entry, app) = match self.apps.find(&d.app_id) {
+            Lookup::Found { entry, app } => (entry, app),
+            Lookup::NoMatch => return settle(report, Verdict::rejected("no app configured for this app_id"), None),
+            Lookup::Ambiguous { first, second } => {
+                let verdict = Verdict::failed(format!(
+                    "app_id matches the globs {first:?} and {second:?}: give it an entry of its own or make them not overlap"
+                ));
+                return settle(report, verdict, None);
+            }
             Lookup::Broken { pattern, error } => {
-                let verdict = Verdict::failed(format!("app {pattern:?} is misconfigured: {error}"));
-                return finish(report, verdict, started, &self.transport);
+                return settle(report, Verdict::failed(format!("app {pattern:?} is misconfigured: {error}")), None);
             }
         };
         report.provider = app.provider();
-        let verdict = self.deliver_to(app, n, d, request_started, &mut report).await;
-        finish(report, verdict, started, &self.transport)
+        let verdict = self.deliver_to(entry, app, n, d, request_started, &mut report).await;
+        settle(report, verdict, Some(entry))
     }
 
     /// The send loop: credentials, retries with backoff, one re-mint on
-    /// stale credentials. The request bytes are built once.
+    /// stale credentials, and for APNs `auto` one try in the other
+    /// environment. The request bytes are built once.
     async fn deliver_to(
         &self,
+        entry: &AppEntry,
         app: &App,
         n: &Notification,
         d: &Device,
@@ -179,6 +195,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             Ok(p) => p,
             Err(verdict) => return verdict,
         };
+        let mut auto = AutoEnvironment::for_device(app, entry, d);
         let mut reminted = false;
         let mut used_token: Option<String> = None;
         loop {
@@ -201,6 +218,10 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
                     }
                 },
             };
+            let request = match &auto {
+                Some(auto) => auto.apns.in_environment(&request, auto.environment),
+                None => request,
+            };
             report.tries += 1;
             let verdict = match self.transport.send(&request).await {
                 Ok(response) => {
@@ -209,6 +230,14 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
                 }
                 Err(e) => Verdict::transient(format!("network: {e}")),
             };
+            if verdict.outcome == Outcome::Delivered {
+                entry.record.delivered(self.transport.now_ms());
+            }
+            if let Some(auto) = &mut auto {
+                if auto.next(&verdict, entry, d) {
+                    continue;
+                }
+            }
             if verdict.outcome == Outcome::StaleCredentials {
                 if reminted {
                     return Verdict::failed(format!("credentials refused again after a new token: {}", verdict.reason));
@@ -244,16 +273,97 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
     }
 }
 
-fn finish<T: Transport>(mut report: DeviceReport, verdict: Verdict, started: u64, transport: &T) -> DeviceReport {
+/// An APNs device of a `platform: "auto"` app: the environment it is tried
+/// in, first the one that last worked for it (production when unknown), then
+/// once the other.
+struct AutoEnvironment<'a> {
+    apns: &'a ApnsApp,
+    environment: Environment,
+    switched: bool,
+}
+
+impl<'a> AutoEnvironment<'a> {
+    fn for_device(app: &'a App, entry: &AppEntry, d: &Device) -> Option<Self> {
+        let App::Apns(apns) = app else { return None };
+        if !apns.is_auto() {
+            return None;
+        }
+        let environment =
+            if entry.record.in_sandbox(d.pushkey.as_str()) { Environment::Sandbox } else { Environment::Production };
+        Some(Self { apns, environment, switched: false })
+    }
+
+    /// Learn from a send's verdict; `true` when the device is to be tried in
+    /// the other environment now.
+    fn next(&mut self, verdict: &Verdict, entry: &AppEntry, d: &Device) -> bool {
+        let pushkey = d.pushkey.as_str();
+        match verdict.outcome {
+            Outcome::Delivered => entry.record.set_in_sandbox(pushkey, self.environment == Environment::Sandbox),
+            Outcome::Refused(refusal) if refusal == apns::BAD_DEVICE_TOKEN => {
+                if !self.switched {
+                    self.switched = true;
+                    self.environment = self.environment.other();
+                    return true;
+                }
+                // Neither environment knows the token.
+                entry.record.set_in_sandbox(pushkey, false);
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
+/// A device whose sends are over; a `Refused` verdict still waits for the
+/// evidence of the notify's other devices.
+struct Settled<'a> {
+    report: DeviceReport,
+    verdict: Verdict,
+    /// The app entry the device was routed to.
+    entry: Option<&'a AppEntry>,
+}
+
+impl<'a> Settled<'a> {
+    fn new<T: Transport>(
+        mut report: DeviceReport,
+        verdict: Verdict,
+        entry: Option<&'a AppEntry>,
+        started: u64,
+        transport: &T,
+    ) -> Self {
+        report.ms = transport.now_ms().saturating_sub(started);
+        Self { report, verdict, entry }
+    }
+
+    /// Delivered by the provider itself, not decided without a send.
+    fn delivered_by_send(&self) -> bool {
+        self.verdict.outcome == Outcome::Delivered && self.report.status.is_some()
+    }
+
+    /// The device's final report: a refusal becomes `Rejected` with evidence
+    /// that its app is configured right, else `Failed`.
+    fn judge(self, delivered_here: &[&str], now_ms: u64) -> DeviceReport {
+        let verdict = match (self.verdict.outcome, self.entry) {
+            (Outcome::Refused(refusal), Some(entry)) => {
+                let here = delivered_here.contains(&entry.pattern.as_str());
+                entry.record.judge(refusal, &self.verdict.reason, here, now_ms)
+            }
+            _ => self.verdict,
+        };
+        conclude(self.report, verdict)
+    }
+}
+
+fn conclude(mut report: DeviceReport, verdict: Verdict) -> DeviceReport {
     report.outcome = match verdict.outcome {
         Outcome::Delivered => FinalOutcome::Delivered,
         Outcome::Rejected => FinalOutcome::Rejected,
         Outcome::Transient { .. } => FinalOutcome::Transient,
-        // A stale credential that survived the re-mint is our problem.
-        Outcome::StaleCredentials | Outcome::Failed => FinalOutcome::Failed,
+        // A stale credential that survived the re-mint is our problem, and a
+        // refusal never judged is no evidence.
+        Outcome::StaleCredentials | Outcome::Failed | Outcome::Refused(_) => FinalOutcome::Failed,
     };
     report.reason = verdict.reason;
-    report.ms = transport.now_ms().saturating_sub(started);
     report
 }
 
@@ -368,6 +478,10 @@ mod dispatch_tests {
         slept_ms: RefCell<Vec<u64>>,
         kv: RefCell<HashMap<String, (String, u64)>>,
         kv_gets: Cell<u32>,
+        /// Tokens whose answers take longer than the others'.
+        slow: RefCell<std::collections::HashSet<String>>,
+        /// Tokens in the order their answers came back.
+        answered: RefCell<Vec<String>>,
     }
 
     impl FakeTransport {
@@ -406,6 +520,12 @@ mod dispatch_tests {
             YieldOnce(false).await;
             self.sent.borrow_mut().push(request.clone());
             let token = request.url.rsplit('/').next().unwrap_or_default().to_string();
+            if self.slow.borrow().contains(&token) {
+                for _ in 0..5 {
+                    YieldOnce(false).await;
+                }
+            }
+            self.answered.borrow_mut().push(token.clone());
             let mut script = self.script.borrow_mut();
             let answers = script.entry(token).or_default();
             let answer = if answers.len() > 1 { answers.pop_front().unwrap() } else { answers.front().cloned().unwrap_or(Some((200, "", vec![]))) };
@@ -448,6 +568,9 @@ mod dispatch_tests {
                 "com.example.ios": {"type": "apns", "topic": "com.example", "team_id": "TEAM", "key_id": "KEY",
                                      "key_secret": "APNS_KEY", "convert_device_token_to_hex": false},
                 "com.example.broken": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "MISSING"},
+                "com.example.auto": {"type": "apns", "topic": "com.example", "team_id": "TEAM", "key_id": "KEY", "key_secret": "APNS_KEY",
+                                     "convert_device_token_to_hex": false, "platform": "auto",
+                                     "url": "http://production.test", "sandbox_url": "http://sandbox.test"},
                 "glob.*": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
                 "*.x": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
                 "com.example.android": {"type": "fcm", "project_id": "p", "service_account_secret": "FCM"}
@@ -467,6 +590,13 @@ mod dispatch_tests {
         let settings = Settings::default();
         let d = Dispatcher::new(t, &apps, &settings, tokens);
         let results = block_on(d.dispatch(n));
+        (reply(&results), results.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// One notify against `apps`, which keep what they saw between calls.
+    fn run_with(t: &FakeTransport, apps: &Apps, n: &Notification) -> (Reply, Vec<DeviceReport>) {
+        let (settings, tokens) = (Settings::default(), TokenCache::default());
+        let results = block_on(Dispatcher::new(t, apps, &settings, &tokens).dispatch(n));
         (reply(&results), results.into_iter().map(|(_, r)| r).collect())
     }
 
@@ -532,9 +662,118 @@ mod dispatch_tests {
         let broken = Dispatcher::new(&t, &no_apps, &settings, &tokens);
         let results = block_on(broken.dispatch(&notification(&[("com.example.ios", "k0")])));
         assert_eq!(reply(&results).status, 502, "no APPS: failed, never rejected");
-        let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("glob.x", "k2")]));
-        assert_eq!(answer.body, json!({"rejected": ["k2"]}), "two globs match: rejected");
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("glob.x", "k2")]));
+        assert_eq!(answer.status, 502, "two globs match: a configuration error, never rejected");
+        assert!(reports[0].reason.contains(r#""glob.*""#) && reports[0].reason.contains(r#""*.x""#), "{}", reports[0].reason);
         assert!(t.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn topic_disallowed_is_failed() {
+        let t = FakeTransport::new();
+        t.answer("any", vec![Some((400, r#"{"reason":"TopicDisallowed"}"#))]);
+        let n = notification(&[("com.example.ios", "good"), ("com.example.ios", "any")]);
+        let (answer, reports) = run_with(&t, &apps(), &n);
+        assert_eq!(answer.status, 502);
+        assert_eq!(reports[1].outcome, FinalOutcome::Failed);
+        assert_eq!(t.sent_to("any"), 1, "not retried");
+    }
+
+    #[test]
+    fn refusals_of_an_app_that_delivers_nothing_are_failed_until_it_does() {
+        let t = FakeTransport::new();
+        let apps = apps();
+        for key in ["a", "b", "c"] {
+            t.answer(key, vec![Some((400, r#"{"reason":"DeviceTokenNotForTopic"}"#))]);
+        }
+        let n = notification(&[("com.example.ios", "a"), ("com.example.ios", "b"), ("com.example.ios", "c")]);
+        let (answer, reports) = run_with(&t, &apps, &n);
+        assert_eq!(answer.status, 502, "every device refused: no evidence, nothing rejected");
+        assert!(reports.iter().all(|r| r.outcome == FinalOutcome::Failed && r.reason.contains("check topic")), "{reports:?}");
+        let entry = apps.entries.iter().find(|e| e.pattern == "com.example.ios").unwrap();
+        let suspect = entry.record.suspect(t.now_ms()).unwrap();
+        assert!(suspect.contains("0 delivered, 3 DeviceTokenNotForTopic"), "{suspect}");
+
+        // Another device of the app is delivered: the app is proven, and
+        // the same refusal in a later notify rejects.
+        let (answer, _) = run_with(&t, &apps, &notification(&[("com.example.ios", "fine")]));
+        assert_eq!(answer.status, 200);
+        assert_eq!(entry.record.suspect(t.now_ms()), None);
+        let (answer, reports) = run_with(&t, &apps, &notification(&[("com.example.ios", "a")]));
+        assert_eq!(answer.body, json!({"rejected": ["a"]}), "{reports:?}");
+    }
+
+    #[test]
+    fn a_dead_token_answered_first_is_rejected_by_the_deliveries_of_the_same_notify() {
+        let t = FakeTransport::new();
+        t.answer("dead", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#))]);
+        for live in ["live1", "live2"] {
+            t.slow.borrow_mut().insert(live.to_string());
+        }
+        let n = notification(&[("com.example.ios", "live1"), ("com.example.ios", "dead"), ("com.example.ios", "live2")]);
+        // A fresh isolate: the only evidence is this notify's own deliveries.
+        let (answer, reports) = run_with(&t, &apps(), &n);
+        assert_eq!(t.answered.borrow().first().map(String::as_str), Some("dead"), "the refusal came back first");
+        assert_eq!(answer.status, 200, "{reports:?}");
+        assert_eq!(answer.body, json!({"rejected": ["dead"]}));
+        assert!(reports[1].reason.contains("this notify"), "{}", reports[1].reason);
+    }
+
+    #[test]
+    fn evidence_is_per_app() {
+        let t = FakeTransport::new();
+        t.answer("dead", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#))]);
+        let n = notification(&[("glob.a", "live"), ("com.example.ios", "dead")]);
+        let (answer, reports) = run_with(&t, &apps(), &n);
+        assert_eq!(answer.status, 502, "another app's delivery proves nothing: {reports:?}");
+    }
+
+    #[test]
+    fn auto_tries_the_sandbox_once_and_remembers_it() {
+        let t = FakeTransport::new();
+        let apps = apps();
+        t.answer("dev", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#)), Some((200, ""))]);
+        let (answer, reports) = run_with(&t, &apps, &notification(&[("com.example.auto", "dev")]));
+        assert_eq!(answer.status, 200, "{reports:?}");
+        assert_eq!(answer.body, json!({"rejected": []}));
+        let urls: Vec<String> = t.sent.borrow().iter().map(|r| r.url.clone()).collect();
+        assert_eq!(urls, ["http://production.test/3/device/dev", "http://sandbox.test/3/device/dev"]);
+        assert_eq!(reports[0].tries, 2);
+
+        let (answer, reports) = run_with(&t, &apps, &notification(&[("com.example.auto", "dev")]));
+        assert_eq!(answer.status, 200);
+        assert_eq!(reports[0].tries, 1, "straight to the sandbox");
+        assert_eq!(t.sent.borrow().last().unwrap().url, "http://sandbox.test/3/device/dev");
+
+        // A production device is never sent to the sandbox.
+        let (answer, reports) = run_with(&t, &apps, &notification(&[("com.example.auto", "prod")]));
+        assert_eq!((answer.status, reports[0].tries), (200, 1));
+        assert_eq!(t.sent.borrow().last().unwrap().url, "http://production.test/3/device/prod");
+    }
+
+    #[test]
+    fn auto_rejects_only_when_both_environments_refuse_and_the_app_is_proven() {
+        let t = FakeTransport::new();
+        let apps = apps();
+        t.answer("gone", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#))]);
+        let (answer, _) = run_with(&t, &apps, &notification(&[("com.example.auto", "gone")]));
+        assert_eq!(answer.status, 502, "no delivery from the app yet");
+        assert_eq!(t.sent_to("gone"), 2, "production, then the sandbox");
+        let (answer, _) = run_with(&t, &apps, &notification(&[("com.example.auto", "gone"), ("com.example.auto", "alive")]));
+        assert_eq!(answer.body, json!({"rejected": ["gone"]}));
+        assert_eq!(t.sent_to("gone"), 4, "forgotten: production first again");
+
+        // A device remembered in the sandbox whose token moved to production.
+        t.answer("moved", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#)), Some((200, ""))]);
+        run_with(&t, &apps, &notification(&[("com.example.auto", "moved")]));
+        t.answer("moved", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#)), Some((200, ""))]);
+        let (answer, _) = run_with(&t, &apps, &notification(&[("com.example.auto", "moved")]));
+        assert_eq!(answer.status, 200);
+        let urls: Vec<String> = t.sent.borrow().iter().rev().take(2).map(|r| r.url.clone()).collect();
+        assert_eq!(urls, ["http://production.test/3/device/moved", "http://sandbox.test/3/device/moved"]);
+        let (_, reports) = run_with(&t, &apps, &notification(&[("com.example.auto", "moved")]));
+        assert_eq!(reports[0].tries, 1);
+        assert_eq!(t.sent.borrow().last().unwrap().url, "http://production.test/3/device/moved");
     }
 
     #[test]

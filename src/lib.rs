@@ -7,6 +7,7 @@ pub mod config;
 pub mod dispatch;
 pub mod endpoints;
 pub mod error;
+pub mod evidence;
 pub mod metrics;
 pub mod notify;
 pub mod providers;

@@ -47,16 +47,24 @@ pub fn discovery() -> Reply {
     Reply::ok(json!({ "gateway": "matrix", "unifiedpush": { "gateway": "matrix" } }))
 }
 
-/// `GET /health`: 200 when every app loaded, else 503 naming each broken one.
-pub fn health(apps: &Apps, token_store_bound: bool) -> Reply {
-    let healthy = apps.is_healthy();
+/// `GET /health`: 200 when every app loaded, no globs overlap and no app
+/// looks misconfigured in this isolate's last minutes; else 503 naming each
+/// problem.
+pub fn health(apps: &Apps, token_store_bound: bool, now_ms: u64) -> Reply {
+    let healthy = apps.is_healthy(now_ms);
     let mut body = json!({
         "status": if healthy { "ok" } else { "degraded" },
-        "apps": apps.health(),
+        "apps": apps.health(now_ms),
         "token_cache": if token_store_bound { "kv" } else { "memory only: bind a KV namespace as TOKENS to share tokens" },
     });
-    if let (Some(error), Some(obj)) = (&apps.global_error, body.as_object_mut()) {
-        obj.insert("error".into(), json!(error));
+    if let Some(obj) = body.as_object_mut() {
+        if let Some(error) = &apps.global_error {
+            obj.insert("error".into(), json!(error));
+        }
+        if !apps.overlaps.is_empty() {
+            let overlaps: Vec<String> = apps.overlaps.iter().map(ToString::to_string).collect();
+            obj.insert("glob_overlaps".into(), json!(overlaps));
+        }
     }
     Reply { status: if healthy { 200 } else { 503 }, body }
 }
@@ -104,19 +112,43 @@ mod tests {
         assert_eq!(discovery().body["unifiedpush"]["gateway"], "matrix");
     }
 
+    const NOW: u64 = 1_800_000_000_000;
+
     #[test]
     fn health_reports_broken_apps() {
         let secrets = |_: &str| -> Option<String> { None };
         let apps = Apps::load(Some(&json!({"x": {"type": "nope"}})), &secrets);
-        let r = health(&apps, true);
+        let r = health(&apps, true, NOW);
         assert_eq!(r.status, 503);
         assert_eq!(r.body["status"], "degraded");
         assert!(r.body["apps"]["x"].as_str().unwrap().contains("nope"));
-        let missing = health(&Apps::load(None, &secrets), false);
+        let missing = health(&Apps::load(None, &secrets), false, NOW);
         assert_eq!(missing.status, 503);
         assert!(missing.body["error"].as_str().unwrap().contains("APPS"));
-        let ok = health(&Apps::load(Some(&json!({})), &secrets), true);
+        let ok = health(&Apps::load(Some(&json!({})), &secrets), true, NOW);
         assert_eq!(ok.status, 200);
         assert_eq!(ok.body["status"], "ok");
+        assert!(ok.body.get("glob_overlaps").is_none());
+    }
+
+    #[test]
+    fn health_reports_overlapping_globs_and_suspect_apps() {
+        let secrets = |_: &str| -> Option<String> { None };
+        let apps = Apps::load(Some(&json!({"*.up": {"type": "unifiedpush"}, "im.*": {"type": "unifiedpush"}})), &secrets);
+        let r = health(&apps, true, NOW);
+        assert_eq!(r.status, 503);
+        let overlap = r.body["glob_overlaps"][0].as_str().unwrap();
+        assert!(overlap.contains(r#""*.up""#) && overlap.contains(r#""im.*""#), "{overlap}");
+        assert_eq!(r.body["apps"]["*.up"], "ok", "each glob's app itself works");
+
+        let apps = Apps::load(Some(&json!({"a.up": {"type": "unifiedpush"}})), &secrets);
+        let refusal = crate::providers::apns::DEVICE_TOKEN_NOT_FOR_TOPIC;
+        apps.entries[0].record.judge(refusal, "400 DeviceTokenNotForTopic", false, NOW);
+        let r = health(&apps, true, NOW + 1);
+        assert_eq!(r.status, 503);
+        let status = r.body["apps"]["a.up"].as_str().unwrap();
+        assert!(status.starts_with("suspect: 0 delivered, 1 DeviceTokenNotForTopic") && status.ends_with("check topic"), "{status}");
+        apps.entries[0].record.delivered(NOW + 2);
+        assert_eq!(health(&apps, true, NOW + 3).status, 200, "a delivery clears the suspicion");
     }
 }

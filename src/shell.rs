@@ -57,6 +57,9 @@ fn load(env: &Env) -> Isolate {
             console_error!("{}", serde_json::json!({ "msg": "app misconfigured", "app": entry.pattern, "error": error }));
         }
     }
+    for overlap in &apps.overlaps {
+        console_error!("{}", serde_json::json!({ "msg": "globs overlap", "apps": [overlap.first, overlap.second], "error": overlap.to_string() }));
+    }
     Isolate { apps, settings, tokens: TokenCache::default() }
 }
 
@@ -74,7 +77,7 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<web_sys
     let reply = match routes::route(&method, routes::path_of_url(&url)) {
         Ok(Route::Notify) => notify(req, &env).await,
         Ok(Route::Discovery) => routes::discovery(),
-        Ok(Route::Health) => routes::health(&isolate(&env).apps, env.kv("TOKENS").is_ok()),
+        Ok(Route::Health) => routes::health(&isolate(&env).apps, env.kv("TOKENS").is_ok(), js_sys::Date::now() as u64),
         Err(e) => e.to_reply(),
     };
     into_response(&reply)

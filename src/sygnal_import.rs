@@ -233,6 +233,16 @@ pub fn verify(import: &mut Import, read: impl Fn(&str) -> Result<String, String>
     for (place, message) in problems {
         import.note(Severity::Error, place, message);
     }
+    for overlap in &apps.overlaps {
+        import.note(
+            Severity::NotCarriedOver,
+            "apps",
+            format!(
+                "{overlap}. Sygnal rejected the pushkeys of such an app id, which made the homeserver delete \
+                 their pushers; edgepush refuses to guess, and check-config reports it as an error"
+            ),
+        );
+    }
 }
 
 /// The converted `APPS` in the chosen format.
@@ -459,6 +469,8 @@ fn convert_app(import: &mut Import, app_id: &str, settings: &Value) -> Option<Va
 }
 
 fn convert_apns(import: &mut Import, app: &mut AppReader<'_>) -> Option<Value> {
+    // Always written, and never `auto`: the app keeps the environment Sygnal
+    // sent it to. `auto` is the operator's choice to make afterwards.
     let platform = match app.string("platform").as_deref() {
         None | Some("production" | "prod") => "production",
         Some("sandbox") => "sandbox",
@@ -693,6 +705,31 @@ mod tests {
         assert!(import.apps.is_empty());
         let import = convert_one("    type: webpush\n    vapid_private_key: k.pem\n");
         assert_eq!(places(&import, Severity::Error), [r#"apps."com.example.app".vapid_contact_email"#]);
+    }
+
+    #[test]
+    fn apns_keeps_sygnals_platform_written_out() {
+        let apns = |platform: &str| {
+            convert_one(&format!("    type: apns\n    keyfile: k.p8\n    key_id: ABC1234567\n    team_id: T\n    topic: t\n{platform}"))
+        };
+        for (line, expected) in [("", "production"), ("    platform: prod\n", "production"), ("    platform: sandbox\n", "sandbox")] {
+            assert_eq!(apns(line).apps["com.example.app"]["platform"], expected, "{line:?}");
+        }
+        let auto = apns("    platform: auto\n");
+        assert_eq!(places(&auto, Severity::Error), [r#"apps."com.example.app".platform"#], "Sygnal refuses it too");
+    }
+
+    #[test]
+    fn overlapping_globs_are_reported() {
+        let mut import = convert(
+            "apps:\n  '*.up':\n    type: webpush\n    vapid_private_key: k.pem\n    vapid_contact_email: a@b\n  \
+             'im.*':\n    type: webpush\n    vapid_private_key: k.pem\n    vapid_contact_email: a@b\n",
+        )
+        .unwrap();
+        verify(&mut import, |_| Err("absent".into()));
+        let note = import.notes.iter().find(|n| n.severity == Severity::NotCarriedOver).unwrap();
+        assert_eq!(note.place, "apps");
+        assert!(note.message.contains(r#"globs "*.up" and "im.*" overlap"#), "{}", note.message);
     }
 
     #[test]

@@ -250,8 +250,8 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
                     }
                 }
             }
-            let patterns: Vec<&str> = apps.entries.iter().map(|e| e.pattern.as_str()).collect();
-            warnings.extend(glob_overlaps(&patterns));
+            // An app id matching two globs cannot be routed: its devices fail.
+            problems.extend(apps.overlaps.iter().map(ToString::to_string));
             let named = named_secrets(apps_value);
             for (name, _) in secret_files.iter().filter(|(name, _)| !named.contains(name)) {
                 warnings.push(format!("--secret {name}: no app names this secret"));
@@ -268,8 +268,10 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
         let all_well = problems.is_empty() && broken_apps == 0;
         if all_well {
             let _ = writeln!(out, "all {app_count} apps OK");
-        } else if app_count > 0 {
+        } else if broken_apps > 0 {
             let _ = writeln!(out, "{broken_apps} of {app_count} apps have problems");
+        } else if app_count > 0 {
+            let _ = writeln!(out, "all {app_count} apps load, but APPS has problems");
         }
         Ok(all_well)
     }
@@ -311,55 +313,6 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
             .filter_map(|v| AppConfig::parse(v).ok())
             .flat_map(|c| c.secret_names().into_iter().map(str::to_string).collect::<Vec<_>>())
             .collect()
-    }
-
-    /// Pairs of globs that some app id matches both: such an id is rejected
-    /// unless it has an exact entry of its own.
-    fn glob_overlaps(patterns: &[&str]) -> Vec<String> {
-        let globs: Vec<&str> = patterns.iter().copied().filter(|p| p.contains(['*', '?'])).collect();
-        let mut warnings = Vec::new();
-        for (i, a) in globs.iter().enumerate() {
-            for b in globs.iter().skip(i + 1) {
-                if globs_overlap(a, b) {
-                    warnings.push(format!(
-                        "globs {a:?} and {b:?} overlap: an app id matching both is rejected unless it has its own entry"
-                    ));
-                }
-            }
-        }
-        warnings
-    }
-
-    /// Whether one string matches both globs (`*` any run, `?` one char):
-    /// a search over pairs of positions, linear in their product.
-    pub(crate) fn globs_overlap(a: &str, b: &str) -> bool {
-        let a: Vec<char> = a.chars().collect();
-        let b: Vec<char> = b.chars().collect();
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![(0usize, 0usize)];
-        while let Some((i, j)) = todo.pop() {
-            if !seen.insert((i, j)) {
-                continue;
-            }
-            match (a.get(i), b.get(j)) {
-                (None, None) => return true,
-                (Some('*'), next) => {
-                    todo.push((i + 1, j));
-                    if next.is_some() {
-                        todo.push((i, j + 1));
-                    }
-                }
-                (next, Some('*')) => {
-                    todo.push((i, j + 1));
-                    if next.is_some() {
-                        todo.push((i + 1, j));
-                    }
-                }
-                (Some(x), Some(y)) if x == y || *x == '?' || *y == '?' => todo.push((i + 1, j + 1)),
-                _ => {}
-            }
-        }
-        false
     }
 
     /// `.dev.vars` as wrangler reads it (dotenv): `NAME=value` lines, `#`
@@ -449,17 +402,6 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
             assert!(parse_dotenv("A=1\nnonsense\n").unwrap_err().contains("line 2"));
             assert!(parse_dotenv("A=\"open\n").unwrap_err().contains("line 1"));
             assert!(parse_dotenv("A='x' y\n").unwrap_err().contains("line 1"));
-        }
-
-        #[test]
-        fn glob_overlap_cases() {
-            assert!(globs_overlap("chat.fluffy.*", "*.fluffychat.*"));
-            assert!(globs_overlap("*.up", "im.*"));
-            assert!(globs_overlap("a?c", "*c"));
-            assert!(!globs_overlap("*.ios", "*.android"));
-            assert!(!globs_overlap("com.a.*", "com.b.*"));
-            assert!(!globs_overlap("a?", "abc"));
-            assert_eq!(glob_overlaps(&["*.up", "com.example.app", "im.*"]).len(), 1);
         }
     }
 }

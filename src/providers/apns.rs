@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
-use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
+use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Refusal, Secrets, UnixSecs, Verdict};
 use crate::config::{ApnsConfig, ApnsPlatform};
 use crate::notify::{Device, Kind, Notification, Prio};
 
@@ -113,18 +113,87 @@ impl ApnsApp {
         MintedToken { value: jwt, valid_until: TokenWindow::containing(now).end }
     }
 
+    /// The origin `prepare` sends to: the platform's, production for `auto`.
     fn origin(&self) -> &str {
-        match (&self.config.url, self.config.platform) {
-            (Some(origin), _) => origin.as_str(),
-            (None, ApnsPlatform::Production) => PRODUCTION_ORIGIN,
-            (None, ApnsPlatform::Sandbox) => SANDBOX_ORIGIN,
+        self.origin_of(self.first_environment())
+    }
+
+    /// Whether each device's environment is found by trying (`platform: "auto"`).
+    pub fn is_auto(&self) -> bool {
+        self.config.platform == ApnsPlatform::Auto
+    }
+
+    /// The environment `prepare`'s request goes to.
+    pub fn first_environment(&self) -> Environment {
+        match self.config.platform {
+            ApnsPlatform::Production | ApnsPlatform::Auto => Environment::Production,
+            ApnsPlatform::Sandbox => Environment::Sandbox,
         }
+    }
+
+    /// `url` replaces both origins, `sandbox_url` the sandbox's.
+    pub fn origin_of(&self, environment: Environment) -> &str {
+        let url = self.config.url.as_ref().map(|o| o.as_str());
+        match environment {
+            Environment::Production => url.unwrap_or(PRODUCTION_ORIGIN),
+            Environment::Sandbox => self.config.sandbox_url.as_ref().map(|o| o.as_str()).or(url).unwrap_or(SANDBOX_ORIGIN),
+        }
+    }
+
+    /// A request built by `prepare`, sent to `environment` instead: the same
+    /// path, headers and body.
+    pub fn in_environment(&self, request: &OutRequest, environment: Environment) -> OutRequest {
+        let mut out = request.clone();
+        if let Some(path) = request.url.strip_prefix(self.origin()) {
+            out.url = format!("{}{path}", self.origin_of(environment));
+        }
+        out
     }
 
     fn push_type(&self) -> &str {
         self.config.push_type.as_deref().unwrap_or(DEFAULT_PUSH_TYPE)
     }
 }
+
+/// Where a device token is valid: Apple keeps two separate services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Sandbox,
+}
+
+impl Environment {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Production => Self::Sandbox,
+            Self::Sandbox => Self::Production,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Production => "production",
+            Self::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// APNs: "The specified device token is invalid. Verify that the request
+/// contains a valid token and that the token matches the environment." A
+/// wrong `platform` gets it for every device, and so does a wrong
+/// `convert_device_token_to_hex`.
+pub const BAD_DEVICE_TOKEN: Refusal =
+    Refusal { cause: "BadDeviceToken", check: "platform (production, sandbox or auto) and convert_device_token_to_hex" };
+
+/// APNs: "The device token doesn't match the specified topic." A wrong
+/// `topic` gets it for every device.
+pub const DEVICE_TOKEN_NOT_FOR_TOPIC: Refusal = Refusal { cause: "DeviceTokenNotForTopic", check: "topic" };
+
+/// Without `convert_device_token_to_hex`, a pushkey that cannot be a hex
+/// token: what every device of an app registering base64 tokens looks like
+/// when the setting is wrongly off.
+pub const PUSHKEY_NOT_A_TOKEN: Refusal =
+    Refusal { cause: "pushkey not a device token", check: "convert_device_token_to_hex" };
 
 /// The provider token's own claims (the standard `iat` is set here as an
 /// integer so no clock type is needed).
@@ -170,7 +239,8 @@ fn priority(prio: Prio, push_type: &str) -> u8 {
 /// DESIGN: "with `convert_device_token_to_hex` (default true, as Sygnal), the
 /// pushkey is standard base64 (padding optional) and is sent as lowercase hex;
 /// a pushkey that does not decode is `Rejected` without a send. Without it, the
-/// pushkey is sent as is" — as long as it cannot change the URL.
+/// pushkey is sent as is" — as long as it cannot change the URL. One that
+/// could is `Refused`: base64 pushkeys under a wrongly unset flag look so.
 fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
     let pushkey = d.pushkey.as_str();
     if convert_to_hex {
@@ -183,11 +253,14 @@ fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     } else {
         let path_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
-        if pushkey.is_empty() || pushkey == "." || pushkey == ".." || !pushkey.chars().all(path_safe) {
-            return Err(Verdict::rejected(format!(
-                "pushkey {} is not usable as an APNs device token",
-                d.pushkey.short()
-            )));
+        if pushkey.is_empty() {
+            return Err(Verdict::rejected("pushkey is empty"));
+        }
+        if pushkey == "." || pushkey == ".." || !pushkey.chars().all(path_safe) {
+            return Err(Verdict::new(
+                Outcome::Refused(PUSHKEY_NOT_A_TOKEN),
+                format!("pushkey {} is not usable as an APNs device token", d.pushkey.short()),
+            ));
         }
         Ok(pushkey.to_string())
     }
@@ -402,7 +475,7 @@ enum Reason {
     BadDeviceToken,
     /// The token belongs to another app.
     DeviceTokenNotForTopic,
-    /// Pushing to this topic is not allowed.
+    /// Pushing to this topic is not allowed (our topic, not the device).
     TopicDisallowed,
     /// 410: the token is no longer active for the topic.
     Unregistered,
@@ -441,7 +514,12 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
         .unwrap_or(Other);
     let outcome = match (response.status, reason) {
         (200, _) => Outcome::Delivered,
-        (410, _) | (400, BadDeviceToken | DeviceTokenNotForTopic | TopicDisallowed) => Outcome::Rejected,
+        // Only a token APNs knew for this topic can have become inactive.
+        (410, _) => Outcome::Rejected,
+        (400, BadDeviceToken) => Outcome::Refused(BAD_DEVICE_TOKEN),
+        (400, DeviceTokenNotForTopic) => Outcome::Refused(DEVICE_TOKEN_NOT_FOR_TOPIC),
+        // About our topic, never the device.
+        (400, TopicDisallowed) => Outcome::Failed,
         (403, ExpiredProviderToken | InvalidProviderToken) => Outcome::StaleCredentials,
         // TooManyProviderTokenUpdates lands here: the cached token is kept.
         (429 | 500..=599, _) => Outcome::Transient { retry_after: response.retry_after() },
@@ -781,8 +859,11 @@ mod tests {
     #[test]
     fn without_conversion_the_pushkey_is_sent_as_is_if_path_safe() {
         assert_eq!(token_for("0fbfA1_-.~", false).unwrap(), "0fbfA1_-.~");
-        for bad in ["", "a/b", "..", "a b", "a?b", "a%2Fb", "é"] {
-            assert_eq!(token_for(bad, false).unwrap_err().outcome, Outcome::Rejected, "{bad:?}");
+        assert_eq!(token_for("", false).unwrap_err().outcome, Outcome::Rejected);
+        // Base64 pushkeys look like this when the flag is wrongly off: only
+        // an app shown to deliver may have them rejected.
+        for bad in ["q83vEjRWeJA=", "a/b", "..", "a b", "a?b", "a%2Fb", "é"] {
+            assert_eq!(token_for(bad, false).unwrap_err().outcome, Outcome::Refused(PUSHKEY_NOT_A_TOKEN), "{bad:?}");
         }
     }
 
@@ -811,7 +892,31 @@ mod tests {
         let n = notification("message-ios.json");
         let url = |extra| app_with(extra).prepare(&n, &n.devices[0], NOW).unwrap().request.url;
         assert!(url(json!({"platform": "sandbox"})).starts_with("https://api.sandbox.push.apple.com/3/device/"));
+        assert!(url(json!({"platform": "auto"})).starts_with("https://api.push.apple.com/3/device/"), "auto starts in production");
         assert!(url(json!({"url": "http://127.0.0.1:9000/"})).starts_with("http://127.0.0.1:9000/3/device/"));
+        let sandbox_via_url = json!({"platform": "sandbox", "url": "http://127.0.0.1:9000"});
+        assert!(url(sandbox_via_url).starts_with("http://127.0.0.1:9000/3/device/"), "url alone replaces the sandbox too");
+        let both = json!({"platform": "sandbox", "url": "http://127.0.0.1:9000", "sandbox_url": "http://127.0.0.1:9001"});
+        assert!(url(both).starts_with("http://127.0.0.1:9001/3/device/"));
+    }
+
+    #[test]
+    fn auto_moves_a_request_between_environments_unchanged_but_for_the_origin() {
+        let n = notification("message-ios.json");
+        for extra in [json!({"platform": "auto"}), json!({"platform": "auto", "url": "http://p:1", "sandbox_url": "http://s:2"})] {
+            let a = app_with(extra.clone());
+            assert!(a.is_auto());
+            assert_eq!(a.first_environment(), Environment::Production);
+            let request = a.prepare(&n, &n.devices[0], NOW).unwrap().request;
+            let sandbox = a.in_environment(&request, Environment::Sandbox);
+            assert!(sandbox.url.starts_with(a.origin_of(Environment::Sandbox)), "{extra}: {}", sandbox.url);
+            assert_ne!(sandbox.url, request.url);
+            assert!(sandbox.url.ends_with(request.url.rsplit_once("/3/device/").unwrap().1));
+            assert_eq!((&sandbox.headers, &sandbox.body), (&request.headers, &request.body));
+            assert_eq!(a.in_environment(&request, Environment::Production), request);
+        }
+        assert_eq!(Environment::Sandbox.other(), Environment::Production);
+        assert!(!app_with(json!({"platform": "sandbox"})).is_auto());
     }
 
     #[test]
@@ -852,9 +957,9 @@ mod tests {
             (410, &reason_body("Unregistered"), Outcome::Rejected, "410 Unregistered"),
             (410, &reason_body("ExpiredToken"), Outcome::Rejected, "410 ExpiredToken"),
             (410, "", Outcome::Rejected, "410"),
-            (400, &reason_body("BadDeviceToken"), Outcome::Rejected, "400 BadDeviceToken"),
-            (400, &reason_body("DeviceTokenNotForTopic"), Outcome::Rejected, "400 DeviceTokenNotForTopic"),
-            (400, &reason_body("TopicDisallowed"), Outcome::Rejected, "400 TopicDisallowed"),
+            (400, &reason_body("BadDeviceToken"), Outcome::Refused(BAD_DEVICE_TOKEN), "400 BadDeviceToken"),
+            (400, &reason_body("DeviceTokenNotForTopic"), Outcome::Refused(DEVICE_TOKEN_NOT_FOR_TOPIC), "400 DeviceTokenNotForTopic"),
+            (400, &reason_body("TopicDisallowed"), Outcome::Failed, "400 TopicDisallowed"),
             (403, &reason_body("ExpiredProviderToken"), Outcome::StaleCredentials, "403 ExpiredProviderToken"),
             (403, &reason_body("InvalidProviderToken"), Outcome::StaleCredentials, "403 InvalidProviderToken"),
             (429, &reason_body("TooManyProviderTokenUpdates"), transient, "429 TooManyProviderTokenUpdates"),

@@ -105,12 +105,27 @@ pub enum Outcome {
     Delivered,
     /// The pushkey is dead: list it in `rejected`.
     Rejected,
+    /// The provider refused the device with an answer that a wrong app
+    /// configuration also gets for every device (APNs `BadDeviceToken`,
+    /// `DeviceTokenNotForTopic`). The dispatcher makes it `Rejected` only
+    /// with evidence that the app's configuration is right, else `Failed`.
+    Refused(Refusal),
     /// Our token was refused as stale: mint a new one and retry once.
     StaleCredentials,
     /// 429, 5xx, timeouts, network errors: retry shortly, then 502.
     Transient { retry_after: Option<Duration> },
     /// Our side is wrong (credentials, config, payload): 502 without retry.
     Failed,
+}
+
+/// Why a device was `Refused`, and what the operator checks when every
+/// device of an app is refused so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The provider's word for it, e.g. `DeviceTokenNotForTopic`.
+    pub cause: &'static str,
+    /// The settings that produce it for every device, e.g. `topic`.
+    pub check: &'static str,
 }
 
 /// An outcome and a short reason for the log (never a secret or a whole pushkey).
