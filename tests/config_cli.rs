@@ -208,6 +208,21 @@ fn check_config_names_each_problem_by_app_and_field() {
 }
 
 #[test]
+fn check_config_reports_overlapping_globs_as_an_error_naming_both() {
+    let apps = json!({"chat.*": {"type": "unifiedpush"}, "*.ios": {"type": "unifiedpush"}, "*.android": {"type": "unifiedpush"}});
+    let out = run(&["check-config", "--apps", &apps.to_string()]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let errors: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 2, "{}", out.stdout);
+    for glob in ["\"*.ios\"", "\"*.android\""] {
+        let line = errors.iter().find(|l| l.contains(glob)).unwrap_or_else(|| panic!("{glob}:\n{}", out.stdout));
+        assert!(line.contains("\"chat.*\"") && line.contains("overlap") && line.contains("e.g."), "{line}");
+    }
+    assert!(out.stdout.contains("all 3 apps load, but APPS has problems"), "{}", out.stdout);
+    assert!(!out.stdout.contains("apps OK"), "{}", out.stdout);
+}
+
+#[test]
 fn check_config_refuses_bad_apps_json_and_unreadable_secrets() {
     let out = check(&["--apps", "{\"a\": "]);
     assert_eq!(out.code, 1);

@@ -1,6 +1,14 @@
 // A fake APNs (HTTP/1.1 on 127.0.0.1) that checks what Apple checks and
 // answers per device token, so every APNs outcome can be driven from a test.
 //
+// Like Apple, it is two services: production (`origin`) and the sandbox
+// (`sandboxOrigin`), each knowing its own device tokens. A token registered
+// with `register(token, {environment, topic})` is valid on that host for that
+// topic only: elsewhere it is 400 BadDeviceToken, and for another topic 400
+// DeviceTokenNotForTopic, as Apple answers. A token never registered follows
+// its script on either host, unless the fake was started with
+// `registeredOnly: true`, where it is BadDeviceToken everywhere.
+//
 // Checks, in Apple's order, answering as Apple does when one fails:
 //   POST only (405 MethodNotAllowed); path /3/device/<lowercase hex> (404 BadPath,
 //   400 BadDeviceToken); `authorization: bearer <jwt>` present (403
@@ -15,7 +23,8 @@
 // Every failed check is also kept in `violations`, so a test can assert that
 // the worker's requests were all well-formed.
 //
-// Then the device token's script answers (see ANSWERS): "ok" by default.
+// Then the token's registration (above), then its script (see ANSWERS): "ok"
+// by default.
 
 import crypto from "node:crypto";
 import { Script, decodeJwtPart, fakeHandle, forbidInLogs, startFakeServer } from "./common.mjs";
@@ -78,17 +87,26 @@ export function randomPushkey(bytes = 32) {
 
 /**
  * @param {{ publicKey: crypto.KeyObject, keyId: string, teamId: string,
- *           topic?: string, now?: () => number }} options
+ *           topic?: string, now?: () => number, registeredOnly?: boolean }} options
  *   `topic`: when set, any other `apns-topic` is 400 BadTopic.
  *   `now`: the fake's clock in Unix seconds.
+ *   `registeredOnly`: only registered tokens are valid (as on Apple's hosts).
  */
-export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () => Math.floor(Date.now() / 1000) }) {
+export async function startFakeApns({
+  publicKey, keyId, teamId, topic, now = () => Math.floor(Date.now() / 1000), registeredOnly = false,
+}) {
   /** @type {Script<string | ApnsAnswer>} */
   const script = new Script("ok");
   /** @type {string[]} */
   const violations = [];
-  /** @type {Array<{ token: string, headers: Record<string, string>, payload: any, jwt: {header: any, claims: any}, raw: string }>} */
+  /** @type {Array<{ token: string, environment: string, headers: Record<string, string>, payload: any, jwt: {header: any, claims: any}, raw: string }>} */
   const delivered = [];
+  /** Registered device tokens (hex): where each is valid, and for which topic. */
+  /** @type {Map<string, {environment: "production" | "sandbox", topic: string}>} */
+  const registered = new Map();
+  /** Every request to either host, each tagged with its `environment`. */
+  /** @type {Array<import("./common.mjs").Recorded & {environment: string}>} */
+  const requests = [];
   /** @type {Array<{header: any, claims: any, jwt: string}>} */
   const tokensSeen = [];
 
@@ -97,7 +115,10 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
     return apnsAnswer(status, reason);
   };
 
-  const server = await startFakeServer(async (req) => {
+  /** @param {any} req @param {"production" | "sandbox"} environment */
+  const handle = async (req, environment) => {
+    req.environment = environment;
+    requests.push(req);
     if (req.method !== "POST") return refuse(405, "MethodNotAllowed", req.method);
     const match = /^\/3\/device\/([^/?]+)$/.exec(req.path);
     if (!match) return refuse(404, "BadPath", req.path);
@@ -145,22 +166,58 @@ export async function startFakeApns({ publicKey, keyId, teamId, topic, now = () 
       return refuse(400, "BadPayload", "body is not a JSON object");
     }
 
+    // Not errors of the request: what Apple knows of the token.
+    const device = registered.get(token);
+    if (device ? device.environment !== environment : registeredOnly) return apnsAnswer(400, "BadDeviceToken");
+    if (device && device.topic !== h["apns-topic"]) return apnsAnswer(400, "DeviceTokenNotForTopic");
+
     const answer = script.nextAnswer(token, ANSWERS);
     if (answer.delayMs) await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     if (answer.status === 200) {
-      delivered.push({ token, headers: h, payload: req.json, jwt: { header, claims }, raw: req.text });
+      delivered.push({ token, environment, headers: h, payload: req.json, jwt: { header, claims }, raw: req.text });
     }
     return apnsAnswer(answer.status, answer.reason, answer.headers);
-  });
+  };
+
+  const production = await startFakeServer((req) => handle(req, "production"));
+  const sandbox = await startFakeServer((req) => handle(req, "sandbox"));
+  // Both hosts as one server for the shared handle.
+  const both = {
+    origin: production.origin,
+    requests,
+    clear() {
+      production.clear();
+      sandbox.clear();
+      requests.length = 0;
+    },
+    async close() {
+      await Promise.all([production.close(), sandbox.close()]);
+    },
+  };
+  const forget = () => {
+    tokensSeen.length = 0;
+    registered.clear();
+  };
 
   return {
     // Scripts are per device token (hex): e.g. `answer(t, ["ServiceUnavailable", "ok"])`.
-    ...fakeHandle({ server, script, delivered, violations, forget: () => { tokensSeen.length = 0; } }),
+    ...fakeHandle({ server: /** @type {any} */ (both), script, delivered, violations, forget }),
+    /** The sandbox host (api.sandbox.push.apple.com); `origin` is production's. */
+    sandboxOrigin: sandbox.origin,
     /** Decoded provider tokens of requests whose JWT verified. */
     tokensSeen,
-    /** Requests that reached this device token's path. */
+    /**
+     * Make a device token (hex) valid on one host for one topic, as an app
+     * build registering with APNs does. Cleared by `reset()`.
+     * @param {string} token
+     * @param {{ environment?: "production" | "sandbox", topic: string }} where
+     */
+    register(token, { environment = "production", topic: registeredTopic }) {
+      registered.set(token, { environment, topic: registeredTopic });
+    },
+    /** Requests to either host that reached this device token's path (each has `environment`). */
     requestsFor(token) {
-      return server.requests.filter((r) => r.path === `/3/device/${token}`);
+      return requests.filter((r) => r.path === `/3/device/${token}`);
     },
   };
 }

@@ -227,7 +227,10 @@ describe("APNs", () => {
       assert.deepEqual(r.json, { rejected: [] });
     });
 
-    for (const answer of ["Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic", "TopicDisallowed"]) {
+    // BadDeviceToken and DeviceTokenNotForTopic reject here because the
+    // other device of the same app is delivered (tests/integration/
+    // misconfigured.test.mjs has them without such evidence).
+    for (const answer of ["Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic"]) {
       test(`${answer}: rejected, not retried`, async () => {
         const dead = pushkey();
         const alive = pushkey();
@@ -302,6 +305,16 @@ describe("APNs", () => {
       const r = await worker.notify(notification([device(k, "com.example.wrongteam")]));
       assertStatus(r, 502);
       assert.match(fake.violations[0], /iss OTHERTEAM1/);
+    });
+
+    test("TopicDisallowed (our topic, not the device): 502, not retried, not rejected", async () => {
+      const k = pushkey();
+      const alive = pushkey();
+      fake.answer(hexToken(k), "TopicDisallowed");
+      const r = await worker.notify(notification([device(k), device(alive)]));
+      assertStatus(r, 502);
+      assert.equal(r.json.errcode, "M_UNKNOWN");
+      assert.equal(fake.requestsFor(hexToken(k)).length, 1);
     });
 
     test("another 400 (a payload APNs refuses): 502, not retried, not rejected", async () => {

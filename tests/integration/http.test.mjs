@@ -178,13 +178,14 @@ describe("a worker with good, broken and glob apps", () => {
     assert.equal(fake.requests.length, 0);
   });
 
-  test("an app id matching two globs: rejected without a send", async () => {
+  test("an app id matching two globs: a configuration error, 502 without a send, never rejected", async () => {
     fake.reset();
     const pushkey = randomPushkey();
     const r = await worker.notify(notification([apnsDevice(pushkey, "amb.x.amb")]));
-    assert.equal(r.status, 200, r.text);
-    assert.deepEqual(r.json, { rejected: [pushkey] });
+    assertError(r, 502, "M_UNKNOWN");
     assert.equal(fake.requests.length, 0);
+    const health = await worker.request("/health");
+    assert.match(health.json.glob_overlaps.join("\n"), /globs "\*\.amb" and "amb\.\*" overlap/, health.text);
   });
 
   test("an exact app id wins over matching globs; one matching glob routes", async () => {
