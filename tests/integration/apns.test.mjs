@@ -233,14 +233,14 @@ describe("APNs", () => {
       ["the app's send_badge_counts: false", "com.example.nobadge", {}],
     ]) {
       test(`${name}: no count in any payload, and a push without an event is a background wake`, async () => {
-        const n = notification([device(pushkey(), app, data), device(pushkey(), app, { ...data, ...eventIdOnly })], {
-          counts: { unread: 2, missed_calls: 1 },
-        });
-        assertStatus(await worker.notify(n), 200);
-        assertStatus(await worker.notify(readReceipt(device(pushkey(), app, { ...data, ...eventIdOnly }))), 200);
+        const devices = [device(pushkey(), app, data), device(pushkey(), app, { ...data, ...eventIdOnly })];
+        const receipt = device(pushkey(), app, { ...data, ...eventIdOnly });
+        assertStatus(await worker.notify(notification(devices, { counts: { unread: 2, missed_calls: 1 } })), 200);
+        assertStatus(await worker.notify(readReceipt(receipt)), 200);
         assert.deepEqual(fake.violations, [], "the fake refuses background pushes that show something");
         assert.equal(fake.delivered.length, 3);
-        const [full, eio, wake] = fake.delivered;
+        const sent = (dev) => fake.delivered.find((d) => d.token === hexToken(dev.pushkey));
+        const [full, eio, wake] = [sent(devices[0]), sent(devices[1]), sent(receipt)];
         assert.equal(full.payload.aps.badge, undefined);
         assert.equal(full.payload.aps.alert["loc-key"], "MSG_FROM_USER_WITH_CONTENT");
         assert.equal(full.headers["apns-priority"], "10");
