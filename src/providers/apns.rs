@@ -13,9 +13,9 @@ use serde_json::{json, Map, Value};
 
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
+use super::style::{collapse_id, Style};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::{ApnsConfig, ApnsPlatform};
-use super::style::{collapse_id, Style};
 use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
 const PRODUCTION_ORIGIN: &str = "https://api.push.apple.com";

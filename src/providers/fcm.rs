@@ -15,9 +15,9 @@ use serde_json::{json, Map, Value};
 
 pub use super::fit::truncate_utf8;
 use super::jwt::{JwtKey, JwtToSign};
+use super::style::{self, collapse_id, Style, Urgency};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
-use super::style::{self, collapse_id, Style, Urgency};
 use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
 const DEFAULT_ORIGIN: &str = "https://fcm.googleapis.com";
@@ -378,8 +378,9 @@ fn is_reserved_data_key(key: &str) -> bool {
         || lower.starts_with("gcm")
 }
 
-/// The `data` map alone, as a message without a visible notification carries
-/// it for a device whose counts are on: within [`MAX_DATA_BYTES`].
+/// The `data` map alone, fitted to [`MAX_DATA_BYTES`], for a device whose
+/// counts are on and an app without `fcm_notification`: any operator `data`
+/// can be given, so the property tests check FCM's rules through it.
 pub fn data_for(
     n: &Notification,
     d: &Device,

@@ -23,13 +23,13 @@ use sha2::{Digest, Sha256};
 
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
+use super::style::{Style, Urgency};
 use super::{
     normalize_pem, require_secret, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
     Verdict,
 };
 use crate::config::WebPushConfig;
 use crate::endpoints::{AllowedEndpoints, Endpoint};
-use super::style::{Style, Urgency};
 use crate::notify::{Counts, Device, Kind, Notification};
 
 /// RFC 8291: "a push message MUST include only a single record"; RFC 8030
