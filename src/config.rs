@@ -136,6 +136,12 @@ pub struct ApnsConfig {
     /// absent).
     #[serde(default)]
     pub sandbox_url: Option<Origin>,
+    /// `false`: no badge counts in any push (Sygnal 0.17's name).
+    #[serde(default = "yes")]
+    pub send_badge_counts: bool,
+    /// `true`: a room's newer push replaces its older one (`apns-collapse-id`).
+    #[serde(default)]
+    pub collapse_per_room: bool,
 }
 
 /// `"type": "fcm"` (HTTP v1).
@@ -150,6 +156,16 @@ pub struct FcmConfig {
     pub fcm_options: Map<String, Value>,
     #[serde(default)]
     pub url: Option<Origin>,
+    /// `false`: no badge counts in any push (Sygnal 0.17's name).
+    #[serde(default = "yes")]
+    pub send_badge_counts: bool,
+    /// `true`: a room's newer push replaces its older one (`android.collapse_key`).
+    #[serde(default)]
+    pub collapse_per_room: bool,
+    /// `true`: messages also carry a `notification` the system shows by
+    /// itself, for apps that cannot handle data messages.
+    #[serde(default)]
+    pub fcm_notification: bool,
 }
 
 /// `"type": "webpush"`.
@@ -165,6 +181,12 @@ pub struct WebPushConfig {
     /// `TTL` header in seconds; 900 when absent.
     #[serde(default)]
     pub ttl: Option<u64>,
+    /// `false`: no badge counts in any push (Sygnal 0.17's name).
+    #[serde(default = "yes")]
+    pub send_badge_counts: bool,
+    /// `true`: a room's newer push replaces its older one (`Topic`).
+    #[serde(default)]
+    pub collapse_per_room: bool,
 }
 
 /// `"type": "unifiedpush"`.
@@ -173,6 +195,9 @@ pub struct WebPushConfig {
 pub struct UnifiedPushConfig {
     #[serde(default)]
     pub allowed_endpoints: Option<Vec<String>>,
+    /// `false`: no badge counts in any push.
+    #[serde(default = "yes")]
+    pub send_badge_counts: bool,
 }
 
 fn yes() -> bool {
@@ -545,10 +570,45 @@ mod tests {
             (json!({"type": "fcm", "project_id": "p"}), "service_account_secret"),
             (json!({"type": "fcm", "project_id": "p", "service_account_secret": "S", "url": "nope"}), "nope"),
             (json!({"type": "unifiedpush", "allowed_endpoint": []}), "allowed_endpoint"),
+            (json!({"type": "unifiedpush", "send_badge_counts": "no"}), "boolean"),
+            (json!({"type": "unifiedpush", "collapse_per_room": true}), "collapse_per_room"),
+            (json!({"type": "webpush", "vapid_private_key_secret": "K", "vapid_contact": "mailto:a@b", "fcm_notification": true}), "fcm_notification"),
         ];
         for (value, needle) in cases {
             let err = AppConfig::parse(&value).unwrap_err();
             assert!(err.contains(needle), "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn counts_collapsing_and_visible_notifications_default_to_todays_behaviour() {
+        let apns = json!({"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "S"});
+        let fcm = json!({"type": "fcm", "project_id": "p", "service_account_secret": "S"});
+        let webpush = json!({"type": "webpush", "vapid_private_key_secret": "K", "vapid_contact": "mailto:a@b"});
+        let unifiedpush = json!({"type": "unifiedpush"});
+        match AppConfig::parse(&apns).unwrap() {
+            AppConfig::Apns(c) => assert!(c.send_badge_counts && !c.collapse_per_room),
+            other => panic!("{other:?}"),
+        }
+        match AppConfig::parse(&fcm).unwrap() {
+            AppConfig::Fcm(c) => assert!(c.send_badge_counts && !c.collapse_per_room && !c.fcm_notification),
+            other => panic!("{other:?}"),
+        }
+        match AppConfig::parse(&webpush).unwrap() {
+            AppConfig::Webpush(c) => assert!(c.send_badge_counts && !c.collapse_per_room),
+            other => panic!("{other:?}"),
+        }
+        match AppConfig::parse(&unifiedpush).unwrap() {
+            AppConfig::Unifiedpush(c) => assert!(c.send_badge_counts),
+            other => panic!("{other:?}"),
+        }
+        let mut fcm = fcm;
+        fcm["send_badge_counts"] = json!(false);
+        fcm["collapse_per_room"] = json!(true);
+        fcm["fcm_notification"] = json!(true);
+        match AppConfig::parse(&fcm).unwrap() {
+            AppConfig::Fcm(c) => assert!(!c.send_badge_counts && c.collapse_per_room && c.fcm_notification),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -152,9 +152,12 @@ const APP_KEY_REASONS: &[(&str, &str)] = &[
 
 const APNS_KEYS: &[&str] = &[
     "type", "platform", "certfile", "team_id", "key_id", "keyfile", "topic", "push_type", "convert_device_token_to_hex",
+    "send_badge_counts",
 ];
-const GCM_KEYS: &[&str] = &["type", "api_key", "api_version", "fcm_options", "project_id", "service_account_file"];
-const WEBPUSH_KEYS: &[&str] = &["type", "vapid_private_key", "vapid_contact_email", "allowed_endpoints", "ttl"];
+const GCM_KEYS: &[&str] =
+    &["type", "api_key", "api_version", "fcm_options", "project_id", "service_account_file", "send_badge_counts"];
+const WEBPUSH_KEYS: &[&str] =
+    &["type", "vapid_private_key", "vapid_contact_email", "allowed_endpoints", "ttl", "send_badge_counts"];
 
 /// Sygnal's accepted `push_type` values (`ApnsPushkin.APNS_PUSH_TYPES`).
 const APNS_PUSH_TYPES: &[&str] = &["alert", "background", "voip", "complication", "fileprovider", "mdm"];
@@ -452,11 +455,17 @@ fn convert_app(import: &mut Import, app_id: &str, settings: &Value) -> Option<Va
         }
     }
     let mut reader = AppReader { app_id, settings, errors: Vec::new() };
-    let entry = match kind {
+    let mut entry = match kind {
         "apns" => convert_apns(import, &mut reader),
         "gcm" => convert_gcm(import, &mut reader),
         _ => convert_webpush(import, &mut reader),
     };
+    // Sygnal 0.17: `send_badge_counts: false` leaves every count out; the
+    // same name and meaning in every edgepush app type.
+    let send_badge_counts = reader.boolean("send_badge_counts");
+    if let Some(entry) = &mut entry {
+        insert_some(entry, "send_badge_counts", send_badge_counts.map(Value::Bool));
+    }
     let failed = !reader.errors.is_empty();
     for (place, message) in reader.errors {
         import.note(Severity::Error, place, message);
@@ -737,6 +746,25 @@ mod tests {
         let import = convert_one("    type: gcm\n    project_id: p\n    service_account_file: sa.json\n    api_key: k\n");
         assert_eq!(import.apps["com.example.app"]["type"], "fcm");
         assert_eq!(places(&import, Severity::Changed), [r#"apps."com.example.app".api_version"#]);
+    }
+
+    #[test]
+    fn send_badge_counts_carries_over_for_every_type() {
+        let apps = [
+            "    type: apns\n    keyfile: k.p8\n    key_id: K\n    team_id: T\n    topic: t\n",
+            "    type: gcm\n    api_version: v1\n    project_id: p\n    service_account_file: sa.json\n",
+            "    type: webpush\n    vapid_private_key: k.pem\n    vapid_contact_email: a@b\n",
+        ];
+        for app in apps {
+            let import = convert_one(&format!("{app}    send_badge_counts: false\n"));
+            assert!(import.notes.iter().all(|n| !n.place.ends_with("send_badge_counts")), "{:?}", import.notes);
+            assert_eq!(import.apps["com.example.app"]["send_badge_counts"], false, "{app}");
+            let import = convert_one(app);
+            assert!(import.apps["com.example.app"].get("send_badge_counts").is_none(), "left to the default when unset");
+        }
+        let import = convert_one(&format!("{}    send_badge_counts: no_thanks\n", apps[0]));
+        assert_eq!(places(&import, Severity::Error), [r#"apps."com.example.app".send_badge_counts"#]);
+        assert!(import.apps.is_empty());
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn expected_apps_spells_out_every_mapped_key() {
     );
     assert_eq!(apps["com.example.chat.ios"]["push_type"], "alert");
     assert_eq!(apps["com.example.chat.android"]["fcm_options"]["apns"]["payload"]["aps"]["mutable-content"], 1);
+    assert_eq!(apps["com.example.chat.android"]["send_badge_counts"], false, "Sygnal 0.17's switch carries over");
     assert_eq!(apps["com.example.chat.web"]["vapid_contact"], "mailto:ops@example.com");
     assert_eq!(apps["com.example.chat.web"]["ttl"], 3600);
     assert_eq!(apps["com.example.chat.web"]["allowed_endpoints"][3], "https://push.example.net:8443");

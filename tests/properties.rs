@@ -45,7 +45,13 @@ fn notification_body() -> impl Strategy<Value = Value> {
         (proptest::option::of(0u64..u64::MAX), proptest::option::of(0u64..100)),
         prop_oneof![Just("high"), Just("low"), Just("urgent")],
         prop::collection::btree_map("[a-z_]{1,10}", text(), 0..6),
-        prop_oneof![Just(json!({})), Just(json!({"format": "event_id_only"})), json_value().prop_map(|v| json!({"default_payload": v}))],
+        prop_oneof![
+            Just(json!({})),
+            Just(json!({"format": "event_id_only"})),
+            Just(json!({"disable_badge_count": true, "only_last_per_room": true})),
+            json_value().prop_map(|v| json!({"default_payload": v})),
+            text().prop_map(|t| json!({"default_payload": {"notification": {"title": t, "body": t, "image": t}}})),
+        ],
         prop_oneof![Just("m.room.message"), Just("m.room.encrypted"), Just("m.room.member"), Just("m.call.invite"), Just("x.custom")],
     )
         .prop_map(|((event_id, sender, name), (display, room_name, body), (unread, calls), prio, content, data, ty)| {
@@ -76,6 +82,13 @@ fn fcm_app() -> App {
     let account = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/test-only-fcm-service-account.json")).unwrap();
     let secrets = move |_: &str| Some(account.clone());
     let config = AppConfig::parse(&json!({"type": "fcm", "project_id": "p", "service_account_secret": "S"})).unwrap();
+    App::load(config, &secrets).unwrap()
+}
+
+fn fcm_visible_app() -> App {
+    let account = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/test-only-fcm-service-account.json")).unwrap();
+    let secrets = move |_: &str| Some(account.clone());
+    let config = AppConfig::parse(&json!({"type": "fcm", "project_id": "p", "service_account_secret": "S", "fcm_notification": true, "collapse_per_room": true})).unwrap();
     App::load(config, &secrets).unwrap()
 }
 
@@ -203,6 +216,26 @@ proptest! {
                     }
                     Err(verdict) => prop_assert!(is_device_fault(&verdict.outcome), "{:?}: {}", verdict.outcome, verdict.reason),
                 }
+            }
+        }
+    }
+
+    /// With `fcm_notification`, the notification and `data` share FCM's 4096
+    /// bytes, and only the device's own `default_payload` can make it fail.
+    #[test]
+    fn fcm_visible_notification_and_data_fit_together(body in notification_body()) {
+        let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
+        let app = fcm_visible_app();
+        for device in &n.devices {
+            match app.prepare(&n, device, 1_800_000_000) {
+                Ok(prepared) => {
+                    let message: Value = serde_json::from_slice(&prepared.request.body).unwrap();
+                    let size = |v: &Value| v.as_object().map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.as_str().unwrap().len()).sum::<usize>());
+                    let (data, shown) = (&message["message"]["data"], &message["message"]["notification"]);
+                    prop_assert!(size(data) + size(shown) <= fcm::MAX_DATA_BYTES, "{} + {} bytes", size(data), size(shown));
+                    prop_assert_eq!(shown.is_object(), n.event_id.is_some(), "a notification exactly when there is an event");
+                }
+                Err(verdict) => prop_assert!(is_device_fault(&verdict.outcome), "{:?}: {}", verdict.outcome, verdict.reason),
             }
         }
     }

@@ -13,9 +13,10 @@ use serde_json::{json, Map, Value};
 
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
+use super::style::{collapse_id, Style};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Refusal, Secrets, UnixSecs, Verdict};
 use crate::config::{ApnsConfig, ApnsPlatform};
-use crate::notify::{Device, Kind, Notification, Prio};
+use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
 const PRODUCTION_ORIGIN: &str = "https://api.push.apple.com";
 const SANDBOX_ORIGIN: &str = "https://api.sandbox.push.apple.com";
@@ -26,8 +27,10 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Provider tokens are shared by every isolate for one window of this length.
 pub const TOKEN_WINDOW_SECS: u64 = 1800;
 
-/// `apns-push-type` when the app sets none.
-const DEFAULT_PUSH_TYPE: &str = "alert";
+/// `apns-push-type` of pushes the user sees: the default.
+const ALERT: &str = "alert";
+/// `apns-push-type` of pushes that wake the app and show nothing.
+const BACKGROUND: &str = "background";
 
 /// Standard base64 as Sygnal decodes it: padding optional, and (like
 /// Python's `b64decode`) non-zero trailing bits tolerated.
@@ -73,19 +76,22 @@ impl ApnsApp {
     /// The request for one device, or a verdict reached without sending.
     pub fn prepare(&self, n: &Notification, d: &Device, now: UnixSecs) -> Result<Prepared, Verdict> {
         let token = device_token(d, self.config.convert_device_token_to_hex)?;
-        let body = payload(n, d)?;
-        let push_type = self.push_type();
+        let style = Style::new(d, self.config.send_badge_counts, self.config.collapse_per_room);
+        let body = payload(n, d, style, self.push_type())?;
         let mut headers = vec![
             ("apns-topic".to_string(), self.config.topic.clone()),
-            ("apns-push-type".to_string(), push_type.to_string()),
-            ("apns-priority".to_string(), priority(n.prio, push_type).to_string()),
+            ("apns-push-type".to_string(), body.push_type.to_string()),
+            ("apns-priority".to_string(), priority(n.prio, body.push_type, body.shows).to_string()),
         ];
+        if let Some(room_id) = style.collapse_room(n).filter(|_| body.push_type == ALERT) {
+            headers.push(("apns-collapse-id".to_string(), collapse_id(room_id)));
+        }
         if let Some(ttl) = self.config.ttl {
             headers.push(("apns-expiration".to_string(), now.saturating_add(ttl).to_string()));
         }
         headers.push(("content-type".to_string(), "application/json".to_string()));
         Ok(Prepared {
-            request: OutRequest { url: format!("{}/3/device/{token}", self.origin()), headers, body },
+            request: OutRequest { url: format!("{}/3/device/{token}", self.origin()), headers, body: body.bytes },
             // The key's fingerprint too: two apps may name the same key id
             // with different keys (a typo, a rotation), never sharing a token.
             token_key: Some(format!("apns:{}:{}:{}", self.config.team_id, self.config.key_id, self.key.id())),
@@ -151,7 +157,7 @@ impl ApnsApp {
     }
 
     fn push_type(&self) -> &str {
-        self.config.push_type.as_deref().unwrap_or(DEFAULT_PUSH_TYPE)
+        self.config.push_type.as_deref().unwrap_or(ALERT)
     }
 }
 
@@ -224,13 +230,21 @@ impl TokenWindow {
     }
 }
 
-/// DESIGN: "`apns-priority` (10, or 5 when `prio` is low or the push is
-/// background)". Apple refuses priority 10 for background pushes.
-fn priority(prio: Prio, push_type: &str) -> u8 {
-    if prio == Prio::Low || push_type == "background" {
-        5
-    } else {
+/// `apns-priority`: 10 only for a high-priority push the user sees. Apple:
+/// priority 10 notifications "must trigger an alert, sound, or badge on the
+/// target device", and background pushes must be sent at 5. Other push types
+/// (`voip`, …) keep 10 for high-priority pushes: a ring shows no alert.
+fn priority(prio: Prio, push_type: &str, shows: bool) -> u8 {
+    let urgent = prio == Prio::High
+        && match push_type {
+            BACKGROUND => false,
+            ALERT => shows,
+            _ => true,
+        };
+    if urgent {
         10
+    } else {
+        5
     }
 }
 
@@ -266,54 +280,98 @@ fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
     }
 }
 
+/// A payload and what the headers say of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body<'a> {
+    /// The JSON, at most [`MAX_PAYLOAD_BYTES`].
+    pub bytes: Vec<u8>,
+    /// `apns-push-type`: the app's, or `background` for a wake.
+    pub push_type: &'a str,
+    /// `aps` holds an alert, a sound or a badge: something the user sees.
+    pub shows: bool,
+}
+
 /// The JSON body for one device, at most [`MAX_PAYLOAD_BYTES`] serialized.
 ///
 /// - badge-only: `{"aps": {"badge": N}}` alone; merging `default_payload` would
 ///   show a ghost alert.
+/// - no event and counts off: a background wake, `{"aps": {"content-available":
+///   1}}` alone (Apple: a background push's `aps` holds nothing that shows).
 /// - event_id_only: the device's `default_payload` verbatim at the root, plus
 ///   `room_id`, `event_id`, `unread_count` and `missed_calls`.
 /// - full: Sygnal's `aps.alert` `loc-key`/`loc-args`, `badge`, `sound`, deep-merged
 ///   over `default_payload`, plus `room_id` and `event_id`.
 ///
+/// With counts off no count goes anywhere. An app whose `push_type` is
+/// `background` sends background pushes only: their `aps` is
+/// `{"content-available": 1}` and counts go as `unread_count` / `missed_calls`.
+///
 /// A `default_payload` that is not an object, or too big for any payload, is
 /// the device's own unusable data: `Rejected` (the first whatever the kind, as
-/// Sygnal). A full notification that yields neither an alert nor a badge needs
-/// no push: `Err` with `Delivered`.
-pub fn payload(n: &Notification, d: &Device) -> Result<Vec<u8>, Verdict> {
+/// Sygnal). A push that would have nothing to carry needs no send: `Err` with
+/// `Delivered`.
+pub fn payload<'a>(n: &Notification, d: &Device, style: Style, app_push_type: &'a str) -> Result<Body<'a>, Verdict> {
     let default_payload = d.default_payload().map_err(Verdict::from)?;
+    let counts = style.counts(n);
+    let background_app = app_push_type == BACKGROUND;
     let shape = match n.kind_for(d) {
+        // Only an app's own topic takes background pushes; a `voip` or other
+        // push without a call or a count would only be refused or penalised.
+        Kind::BadgeOnly if !style.counts && (background_app || app_push_type == ALERT) => Shape::Wake,
+        Kind::BadgeOnly if !style.counts => {
+            return Err(Verdict::new(Outcome::Delivered, "nothing to send: no event, and counts are off"))
+        }
+        Kind::BadgeOnly if background_app => Shape::CountsOnly,
         Kind::BadgeOnly => Shape::BadgeOnly,
         Kind::EventIdOnly => Shape::EventIdOnly,
         // Sygnal: a notification that says nothing about its event (no
         // `type`, as in clients' own test pushes) gets the event_id_only body.
         Kind::Full if n.event_type.is_none() => Shape::EventIdOnly,
-        Kind::Full => Shape::Full(
-            full_fields(n, d).ok_or_else(|| Verdict::new(Outcome::Delivered, "nothing to show: no alert and no counts"))?,
-        ),
+        Kind::Full => Shape::Full(full_fields(n, d, counts).ok_or_else(|| {
+            Verdict::new(Outcome::Delivered, "nothing to show: no alert and no counts")
+        })?),
     };
-    fit_blaming_default_payload(
+    let push_type = if matches!(shape, Shape::Wake) { BACKGROUND } else { app_push_type };
+    let build = |default_payload: Option<&Map<String, Value>>| {
+        let mut payload = shape.payload(n, counts, default_payload);
+        if push_type == BACKGROUND {
+            if let Value::Object(root) = &mut payload {
+                root.insert("aps".into(), json!({ "content-available": 1 }));
+            }
+        }
+        payload
+    };
+    let shows = push_type != BACKGROUND && shows_something(&build(default_payload));
+    let bytes = fit_blaming_default_payload(
         default_payload,
         |default_payload| {
-            let unbounded = shape.payload(n, default_payload);
+            let unbounded = build(default_payload);
             Fit { max_bytes: MAX_PAYLOAD_BYTES, texts: alert_texts(&unbounded), droppable: &[] }.apply(unbounded)
         },
         "an APNs payload (4096 bytes)",
-    )
+    )?;
+    Ok(Body { bytes, push_type, shows })
 }
 
 /// Which payload a device gets; the full one with our own fields ready.
 enum Shape {
     BadgeOnly,
+    /// A background app's badge-only push: the counts as custom keys.
+    CountsOnly,
+    /// No event and counts off: `aps` alone, set with the push type.
+    Wake,
     EventIdOnly,
     /// `aps`, `room_id` and `event_id`, to merge over `default_payload`.
     Full(Map<String, Value>),
 }
 
 impl Shape {
-    fn payload(&self, n: &Notification, default_payload: Option<&Map<String, Value>>) -> Value {
+    fn payload(&self, n: &Notification, counts: Counts, default_payload: Option<&Map<String, Value>>) -> Value {
         match self {
-            Self::BadgeOnly => json!({ "aps": { "badge": n.counts.badge() } }),
-            Self::EventIdOnly => event_id_only_payload(n, default_payload),
+            Self::BadgeOnly => json!({ "aps": { "badge": counts.badge() } }),
+            Self::CountsOnly => Value::Object(count_keys(Map::new(), counts)),
+            Self::Wake => json!({}),
+            Self::EventIdOnly => event_id_only_payload(n, counts, default_payload),
             Self::Full(ours) => {
                 let mut payload = Value::Object(default_payload.cloned().unwrap_or_default());
                 deep_merge(&mut payload, Value::Object(ours.clone()));
@@ -323,7 +381,15 @@ impl Shape {
     }
 }
 
-fn event_id_only_payload(n: &Notification, default_payload: Option<&Map<String, Value>>) -> Value {
+/// Apple's test for priority 10: the push triggers "an alert, sound, or badge".
+fn shows_something(payload: &Value) -> bool {
+    payload
+        .get("aps")
+        .and_then(Value::as_object)
+        .is_some_and(|aps| ["alert", "sound", "badge"].iter().any(|key| aps.contains_key(*key)))
+}
+
+fn event_id_only_payload(n: &Notification, counts: Counts, default_payload: Option<&Map<String, Value>>) -> Value {
     let mut payload = default_payload.cloned().unwrap_or_default();
     if let Some(room_id) = &n.room_id {
         payload.insert("room_id".into(), room_id.as_str().into());
@@ -331,20 +397,25 @@ fn event_id_only_payload(n: &Notification, default_payload: Option<&Map<String, 
     if let Some(event_id) = &n.event_id {
         payload.insert("event_id".into(), event_id.as_str().into());
     }
-    if let Some(unread) = n.counts.unread {
+    Value::Object(count_keys(payload, counts))
+}
+
+/// `unread_count` and `missed_calls`, as integers, for those sent.
+fn count_keys(mut payload: Map<String, Value>, counts: Counts) -> Map<String, Value> {
+    if let Some(unread) = counts.unread {
         payload.insert("unread_count".into(), unread.into());
     }
-    if let Some(missed_calls) = n.counts.missed_calls {
+    if let Some(missed_calls) = counts.missed_calls {
         payload.insert("missed_calls".into(), missed_calls.into());
     }
-    Value::Object(payload)
+    payload
 }
 
 /// Our fields of a full push, or `None` when it has nothing to show.
-fn full_fields(n: &Notification, d: &Device) -> Option<Map<String, Value>> {
+fn full_fields(n: &Notification, d: &Device, counts: Counts) -> Option<Map<String, Value>> {
     let alert = Alert::for_notification(n);
     // As Sygnal: no badge when the homeserver sent no counts at all.
-    let badge = (n.counts.unread.is_some() || n.counts.missed_calls.is_some()).then(|| n.counts.badge());
+    let badge = (counts.unread.is_some() || counts.missed_calls.is_some()).then(|| counts.badge());
     if alert.is_none() && badge.is_none() {
         return None;
     }
@@ -573,7 +644,8 @@ mod tests {
     }
 
     fn payload_of(n: &Notification) -> Result<Value, Verdict> {
-        payload(n, &n.devices[0]).map(|bytes| serde_json::from_slice(&bytes).unwrap())
+        let style = Style::new(&n.devices[0], true, false);
+        payload(n, &n.devices[0], style, ALERT).map(|body| serde_json::from_slice(&body.bytes).unwrap())
     }
 
     fn test_key() -> SigningKey {
@@ -937,6 +1009,146 @@ mod tests {
         let n = notification("message-ios.json");
         let prepared = app_with(json!({"ttl": 86400})).prepare(&n, &n.devices[0], NOW).unwrap();
         assert_eq!(prepared.request.header("apns-expiration"), Some((NOW + 86400).to_string().as_str()));
+    }
+
+    // --- badge counts, quiet pushes, priority, collapsing -------------------
+
+    /// The request `app` sends for `n`, with its body parsed.
+    fn sent(app: &ApnsApp, n: &Notification) -> (OutRequest, Value) {
+        let request = app.prepare(n, &n.devices[0], NOW).unwrap().request;
+        let body = serde_json::from_slice(&request.body).unwrap();
+        (request, body)
+    }
+
+    fn badge_only(data: Value) -> Notification {
+        let mut n = with_data(notification("message-ios.json"), data);
+        n.event_id = None;
+        n.counts.unread = Some(2);
+        n.counts.missed_calls = Some(1);
+        n
+    }
+
+    const COUNTS_OFF: &[&str] = &["org.matrix.msc4076.disable_badge_count", "disable_badge_count"];
+
+    #[test]
+    fn counts_off_leave_every_count_out() {
+        let counts_off_apps = COUNTS_OFF
+            .iter()
+            .map(|key| {
+                let mut data = json!({});
+                data[*key] = json!(true);
+                (app(base_config()), data)
+            })
+            .chain([(app_with(json!({"send_badge_counts": false})), json!({}))]);
+        for (app, data) in counts_off_apps {
+            let mut full = with_data(notification("message-ios.json"), data.clone());
+            full.counts.missed_calls = Some(3);
+            let (r, p) = sent(&app, &full);
+            assert!(p["aps"].get("badge").is_none(), "{data}: {p}");
+            assert_eq!(p["aps"]["alert"]["loc-key"], "MSG_FROM_USER_IN_ROOM_WITH_CONTENT");
+            assert_eq!(r.header("apns-priority"), Some("10"), "the alert still shows");
+
+            let mut data = data.clone();
+            data["format"] = json!("event_id_only");
+            data["default_payload"] = element_default_payload();
+            let (_, p) = sent(&app, &with_data(full.clone(), data.clone()));
+            assert!(p.get("unread_count").is_none() && p.get("missed_calls").is_none(), "{data}: {p}");
+            assert_eq!(p["event_id"], full.event_id.clone().unwrap());
+            assert_eq!(p["cs"], "secret");
+        }
+        // A message with nothing to show and no counts to carry is not sent.
+        let mut n = with_data(notification("member-ios.json"), json!({"disable_badge_count": true}));
+        n.user_is_target = Some(false);
+        assert_eq!(app(base_config()).prepare(&n, &n.devices[0], NOW).unwrap_err().outcome, Outcome::Delivered);
+    }
+
+    #[test]
+    fn counts_on_keep_todays_payloads() {
+        let n = with_data(notification("message-ios.json"), json!({"disable_badge_count": false}));
+        assert_eq!(sent(&app(base_config()), &n).1, golden("message-ios.json"));
+        let n = with_data(notification("message-ios.json"), json!({"format": "event_id_only", "default_payload": element_default_payload()}));
+        assert_eq!(sent(&app_with(json!({"send_badge_counts": true})), &n).1, golden("event_id_only-element.json"));
+        let (r, p) = sent(&app(base_config()), &badge_only(json!({"default_payload": element_default_payload()})));
+        assert_eq!(p, json!({"aps": {"badge": 3}}), "a badge update, as today");
+        assert_eq!((r.header("apns-push-type"), r.header("apns-priority")), (Some("alert"), Some("10")));
+    }
+
+    #[test]
+    fn no_event_and_counts_off_is_a_background_wake_without_default_payload() {
+        for (app, data) in [
+            (app(base_config()), json!({"org.matrix.msc4076.disable_badge_count": true, "default_payload": element_default_payload()})),
+            (app_with(json!({"send_badge_counts": false})), json!({"format": "event_id_only", "default_payload": {"aps": {"sound": "x"}, "k": 1}})),
+            (app_with(json!({"push_type": "background"})), json!({"disable_badge_count": true})),
+        ] {
+            let (r, p) = sent(&app, &badge_only(data.clone()));
+            assert_eq!(p, json!({"aps": {"content-available": 1}}), "{data}");
+            assert_eq!(r.header("apns-push-type"), Some("background"));
+            assert_eq!(r.header("apns-priority"), Some("5"), "Apple: background pushes go at priority 5");
+            assert_eq!(r.header("apns-collapse-id"), None);
+        }
+        // A wake still refuses a default_payload that is not an object, as every kind does.
+        let n = badge_only(json!({"disable_badge_count": true, "default_payload": "x"}));
+        assert_eq!(app(base_config()).prepare(&n, &n.devices[0], NOW).unwrap_err().outcome, Outcome::Rejected);
+        // A VoIP topic takes no background push: nothing is sent.
+        let voip = app_with(json!({"push_type": "voip"}));
+        let n = badge_only(json!({"disable_badge_count": true}));
+        assert_eq!(voip.prepare(&n, &n.devices[0], NOW).unwrap_err().outcome, Outcome::Delivered);
+    }
+
+    #[test]
+    fn a_background_app_sends_background_pushes_only() {
+        let background = app_with(json!({"push_type": "background"}));
+        let n = with_data(notification("message-ios.json"), json!({"default_payload": element_default_payload()}));
+        let (r, p) = sent(&background, &n);
+        assert_eq!(p["aps"], json!({"content-available": 1}), "no alert, sound or badge in a background push");
+        assert_eq!((p["cs"].as_str(), p["event_id"].as_str()), (Some("secret"), n.event_id.as_deref()));
+        assert_eq!((r.header("apns-push-type"), r.header("apns-priority")), (Some("background"), Some("5")));
+        let (_, p) = sent(&background, &badge_only(json!({})));
+        assert_eq!(p, json!({"aps": {"content-available": 1}, "unread_count": 2, "missed_calls": 1}));
+    }
+
+    #[test]
+    fn priority_10_only_for_a_high_priority_push_that_shows_something() {
+        let prio = |app: &ApnsApp, n: &Notification| sent(app, n).0.header("apns-priority").unwrap().to_string();
+        let alert = app(base_config());
+        let mut n = notification("message-ios.json");
+        assert_eq!(prio(&alert, &n), "10");
+        n.prio = Prio::Low;
+        assert_eq!(prio(&alert, &n), "5");
+        // event_id_only: what shows is the device's default_payload.
+        let shows = with_data(notification("message-ios.json"), json!({"format": "event_id_only", "default_payload": element_default_payload()}));
+        assert_eq!(prio(&alert, &shows), "10");
+        let hidden = with_data(notification("message-ios.json"), json!({"format": "event_id_only", "default_payload": {"cs": "x"}}));
+        assert_eq!(prio(&alert, &hidden), "5", "Apple: priority 10 must trigger an alert, sound or badge");
+        // A ring on a VoIP topic shows no alert and still goes at once.
+        let mut ring = notification("message-ios.json");
+        ring.event_type = Some("m.call.invite".into());
+        assert_eq!(prio(&app_with(json!({"push_type": "voip"})), &ring), "10");
+    }
+
+    #[test]
+    fn collapse_per_room_sets_a_collapse_id_of_at_most_64_bytes() {
+        let collapsing = app_with(json!({"collapse_per_room": true}));
+        let mut n = notification("message-ios.json");
+        let room = n.room_id.clone().unwrap();
+        let collapse = |app: &ApnsApp, n: &Notification| sent(app, n).0.header("apns-collapse-id").map(str::to_string);
+        assert_eq!(collapse(&collapsing, &n), Some(room.clone()));
+        assert_eq!(collapse(&app(base_config()), &n), None, "off by default");
+        let asked = with_data(n.clone(), json!({"only_last_per_room": true}));
+        assert_eq!(collapse(&app(base_config()), &asked), Some(room.clone()), "the pusher can ask for it");
+        let eio = with_data(n.clone(), json!({"format": "event_id_only"}));
+        assert_eq!(collapse(&collapsing, &eio), Some(room), "event_id_only pushes collapse too");
+
+        n.room_id = Some(format!("!{}:example.org", "r".repeat(200)));
+        let hashed = collapse(&collapsing, &n).unwrap();
+        assert!(hashed.len() <= 64 && !hashed.contains("rrrr"), "{hashed}");
+        for call in ["m.call.invite", "m.rtc.notification"] {
+            n.event_type = Some(call.into());
+            assert_eq!(collapse(&collapsing, &n), None, "{call}: a ring neither replaces nor is replaced");
+        }
+        assert_eq!(collapse(&collapsing, &badge_only(json!({}))), None, "a badge update replaces nothing");
+        let background = app_with(json!({"push_type": "background", "collapse_per_room": true}));
+        assert_eq!(collapse(&background, &notification("message-ios.json")), None);
     }
 
     // --- classify ---------------------------------------------------------

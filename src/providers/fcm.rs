@@ -2,8 +2,9 @@
 //!
 //! Credentials are a Google service account: an RS256 assertion signed with
 //! its key is exchanged at `token_uri` for an OAuth access token, which the
-//! dispatcher caches under [`Prepared::token_key`]. Messages are data-only:
-//! Android clients build their own notification from `data`.
+//! dispatcher caches under [`Prepared::token_key`]. Messages are data
+//! messages: Android clients build their own notification from `data`. Apps
+//! that cannot (`fcm_notification`) also get a `notification` the system shows.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,9 +15,10 @@ use serde_json::{json, Map, Value};
 
 pub use super::fit::truncate_utf8;
 use super::jwt::{JwtKey, JwtToSign};
+use super::style::{self, collapse_id, Style, Urgency};
 use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
-use crate::notify::{Device, Kind, Notification, Prio};
+use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
 const DEFAULT_ORIGIN: &str = "https://fcm.googleapis.com";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -111,23 +113,53 @@ impl FcmApp {
         format!("fcm:{}", self.account.client_email)
     }
 
-    /// `{"message": deep_merge(fcm_options, {"token", "data", "android": {"priority"}})}`:
-    /// `fcm_options` is the base and our fields win. `fcm_options.data` was
-    /// folded into `data` by [`data_for`], within its limits.
+    /// `{"message": deep_merge(fcm_options, ours)}`: `fcm_options` is the base
+    /// and our fields win. Ours are `token`, `data` (with `fcm_options.data`
+    /// folded in by [`data_entries`], within its limits), `android.priority`
+    /// (`high` only for a high-priority push with an event: FCM lowers apps
+    /// whose high-priority messages show nothing), `android.collapse_key` when
+    /// the room's pushes collapse, and, with `fcm_notification`, a
+    /// `notification` and an `apns` block for pushes with an event.
     pub fn message_body(&self, n: &Notification, d: &Device) -> Result<Value, Verdict> {
-        let data = data_for(n, d, operator_data(&self.config.fcm_options))?;
-        let android_priority = match n.prio {
-            Prio::High => "high",
-            Prio::Low => "normal",
-        };
-        let ours = json!({
-            "token": d.pushkey.as_str(),
-            "data": data,
-            "android": {"priority": android_priority},
-        });
+        let style = Style::new(d, self.config.send_badge_counts, self.config.collapse_per_room);
+        let mut data = data_entries(n, d, style.counts(n), operator_data(&self.config.fcm_options))?;
+        // What the user reads comes first: the data gives way to it, never
+        // the other way round.
+        let shown = (self.config.fcm_notification && n.event_id.is_some())
+            .then(|| fit_shown(shown_notification(n, d), MAX_DATA_BYTES.saturating_sub(data.size_of(Keep::Always))))
+            .filter(|shown| !shown.is_empty());
+        data.fit(MAX_DATA_BYTES.saturating_sub(shown.as_ref().map_or(0, shown_size)))?;
+
+        let collapse = style.collapse_room(n).map(collapse_id);
+        let mut android = Map::new();
+        let priority = if Urgency::of(n) == Urgency::Now { "high" } else { "normal" };
+        android.insert("priority".into(), priority.into());
+        if let Some(key) = &collapse {
+            android.insert("collapse_key".into(), key.as_str().into());
+        }
+        let mut ours = Map::new();
+        ours.insert("token".into(), d.pushkey.as_str().into());
+        ours.insert("data".into(), Value::Object(data.into_map()));
+        if let Some(shown) = shown {
+            let mut apns_headers = Map::new();
+            apns_headers.insert("apns-priority".into(), if n.prio == Prio::High { "10" } else { "5" }.into());
+            if let Some(key) = &collapse {
+                // The system replaces a room's notification on screen.
+                android.insert("notification".into(), json!({ "tag": key }));
+                apns_headers.insert("apns-collapse-id".into(), key.as_str().into());
+            }
+            ours.insert("notification".into(), Value::Object(shown));
+            // mutable-content: an iOS notification service extension may
+            // rewrite the text (decrypt, fetch the event) before it shows.
+            ours.insert(
+                "apns".into(),
+                json!({ "headers": apns_headers, "payload": { "aps": { "mutable-content": 1 } } }),
+            );
+        }
+        ours.insert("android".into(), Value::Object(android));
         let mut base = self.config.fcm_options.clone();
         base.remove("data");
-        Ok(json!({ "message": deep_merge(Value::Object(base), ours) }))
+        Ok(json!({ "message": deep_merge(Value::Object(base), Value::Object(ours)) }))
     }
 
     /// The claims of the assertion minted at `now`: kept apart from signing so
@@ -346,18 +378,33 @@ fn is_reserved_data_key(key: &str) -> bool {
         || lower.starts_with("gcm")
 }
 
-/// The `data` map of DESIGN.md "Providers → FCM": strings only, never `null`
-/// or `"None"`; each value ≤ 1024 bytes and the whole ≤ 4096 bytes.
-///
-/// Later sources win: the operator's `fcm_options.data`, then the device's
-/// `default_payload`, then the notification's fields.
+/// The `data` map alone, fitted to [`MAX_DATA_BYTES`], for a device whose
+/// counts are on and an app without `fcm_notification`: any operator `data`
+/// can be given, so the property tests check FCM's rules through it.
 pub fn data_for(
     n: &Notification,
     d: &Device,
     operator: Option<&Map<String, Value>>,
 ) -> Result<Map<String, Value>, Verdict> {
-    let default_payload =
-        d.default_payload().map_err(Verdict::from)?;
+    let mut data = data_entries(n, d, n.counts, operator)?;
+    data.fit(MAX_DATA_BYTES)?;
+    Ok(data.into_map())
+}
+
+/// The `data` map of DESIGN.md "Providers → FCM": strings only, never `null`
+/// or `"None"`; each value ≤ 1024 bytes. The caller fits the whole within
+/// its budget ([`DataBuilder::fit`]).
+///
+/// Later sources win: the operator's `fcm_options.data`, then the device's
+/// `default_payload`, then the notification's fields. `counts` are those the
+/// device may get (none when counts are off).
+fn data_entries(
+    n: &Notification,
+    d: &Device,
+    counts: Counts,
+    operator: Option<&Map<String, Value>>,
+) -> Result<DataBuilder, Verdict> {
+    let default_payload = d.default_payload().map_err(Verdict::from)?;
     let kind = n.kind_for(d);
     let mut data = DataBuilder::default();
 
@@ -372,10 +419,10 @@ pub fn data_for(
         data.put_opt("event_id", n.event_id.as_deref(), Keep::Always);
     }
     data.put_opt("room_id", n.room_id.as_deref(), Keep::Always);
-    if let Some(unread) = n.counts.unread {
+    if let Some(unread) = counts.unread {
         data.put("unread", unread.to_string(), Keep::Always);
     }
-    if let Some(missed_calls) = n.counts.missed_calls {
+    if let Some(missed_calls) = counts.missed_calls {
         data.put("missed_calls", missed_calls.to_string(), Keep::Always);
     }
     data.put("prio", n.prio.as_str().to_string(), Keep::Always);
@@ -393,8 +440,82 @@ pub fn data_for(
             }
         }
     }
-    data.fit(MAX_DATA_BYTES)?;
-    Ok(data.into_map())
+    Ok(data)
+}
+
+/// The text of a message the pusher's format does not let us show, or that
+/// only the device can read (encrypted). English: a client localises it by
+/// registering `default_payload.notification` ([`shown_notification`]).
+pub const NEUTRAL_BODY: &str = "New message";
+/// The text of a ring.
+pub const CALL_BODY: &str = "Incoming call";
+/// The text of an invitation to a room.
+pub const INVITE_BODY: &str = "New invitation";
+/// A title longer than this is cut: a notification shows one line of it.
+const MAX_TITLE_BYTES: usize = 256;
+/// The `notification` fields a pusher's `default_payload.notification` may set.
+const SHOWN_FIELDS: &[&str] = &["title", "body", "image"];
+
+/// The `notification` of a visible FCM message (`fcm_notification`): no more
+/// than the pusher's format carries. A full push shows the room name (or the
+/// sender) as title and the message text as body; an encrypted event, an
+/// event_id_only push or an event without text shows a neutral body and, for
+/// event_id_only, no title. String `title`, `body` and `image` in the
+/// pusher's `default_payload.notification` override ours.
+fn shown_notification(n: &Notification, d: &Device) -> Map<String, Value> {
+    let mut shown = Map::new();
+    let full = n.kind_for(d) == Kind::Full;
+    let title = n.room_name.as_deref().or(n.sender_display_name.as_deref()).or(n.sender.as_deref());
+    if let Some(title) = title.filter(|_| full) {
+        shown.insert("title".into(), truncate_utf8(title, MAX_TITLE_BYTES).into());
+    }
+    let text = n.content.as_ref().and_then(|c| c.get("body")).and_then(Value::as_str);
+    let body = match n.event_type.as_deref() {
+        _ if !full => NEUTRAL_BODY,
+        _ if style::is_call(n) => CALL_BODY,
+        Some("m.room.member") if n.membership.as_deref() == Some("invite") => INVITE_BODY,
+        Some("m.room.encrypted") => NEUTRAL_BODY,
+        _ => text.filter(|t| !t.trim().is_empty()).unwrap_or(NEUTRAL_BODY),
+    };
+    shown.insert("body".into(), truncate_utf8(body, MAX_DATA_VALUE_BYTES).into());
+    let theirs = d.default_payload().ok().flatten().and_then(|p| p.get("notification")).and_then(Value::as_object);
+    for (key, value) in theirs.into_iter().flatten() {
+        if let (true, Value::String(text)) = (SHOWN_FIELDS.contains(&key.as_str()), value) {
+            let cap = if key == "title" { MAX_TITLE_BYTES } else { MAX_DATA_VALUE_BYTES };
+            shown.insert(key.clone(), truncate_utf8(text, cap).into());
+        }
+    }
+    shown
+}
+
+/// Bytes of a `notification` as FCM counts a payload: keys and values.
+fn shown_size(shown: &Map<String, Value>) -> usize {
+    shown.iter().map(|(k, v)| k.len().saturating_add(v.as_str().map_or(0, str::len))).sum()
+}
+
+/// The notification within `room` bytes: the image goes first (a cut URL is
+/// no URL), then the body and the title are cut, each dropped when a cut
+/// would leave too little.
+fn fit_shown(mut shown: Map<String, Value>, room: usize) -> Map<String, Value> {
+    for key in ["image", "body", "title"] {
+        let excess = shown_size(&shown).saturating_sub(room);
+        if excess == 0 {
+            break;
+        }
+        let target = shown.get(key).and_then(Value::as_str).map(|text| text.len().saturating_sub(excess));
+        match target {
+            Some(target) if key != "image" && target >= MIN_TRIMMED_VALUE_BYTES => {
+                if let Some(Value::String(text)) = shown.get_mut(key) {
+                    *text = truncate_utf8(text, target);
+                }
+            }
+            Some(_) => {
+                shown.remove(key);
+            }
+            None => {}
+        }
+    }
+    shown
 }
 
 #[derive(Default)]
@@ -428,6 +549,15 @@ impl DataBuilder {
 
     fn size(&self) -> usize {
         self.entries.iter().map(|(k, (v, _))| k.len().saturating_add(v.len())).sum()
+    }
+
+    /// Bytes of the entries kept at least as firmly as `keep`.
+    fn size_of(&self, keep: Keep) -> usize {
+        self.entries
+            .iter()
+            .filter(|(_, (_, k))| *k <= keep)
+            .map(|(k, (v, _))| k.len().saturating_add(v.len()))
+            .sum()
     }
 
     /// Trim or drop the largest content field, then the largest descriptive
@@ -839,6 +969,159 @@ mod tests {
         assert!(data.get("content_m.relates_to").is_none(), "non-string content is skipped");
         let formatted = data.get("content_formatted_body").and_then(Value::as_str).unwrap_or_default();
         assert!(formatted.len() < 1024, "the largest content field gives way first");
+    }
+
+    // --- badge counts, quiet pushes, priority, collapsing, visible notifications ---
+
+    fn message(app: &FcmApp, n: &Notification) -> Value {
+        body_of(app, n)["message"].clone()
+    }
+
+    fn with_device_data(name: &str, data: Value) -> Notification {
+        fixture_with_device(name, Some(android_device(data)))
+    }
+
+    #[test]
+    fn counts_off_leave_unread_and_missed_calls_out() {
+        for (app, data) in [
+            (app(), json!({"org.matrix.msc4076.disable_badge_count": true})),
+            (app(), json!({"disable_badge_count": true, "format": "event_id_only"})),
+            (app_with(json!({"send_badge_counts": false})), json!({})),
+        ] {
+            let mut n = with_device_data("message-ios.json", data.clone());
+            n.counts.missed_calls = Some(2);
+            let data_sent = message(&app, &n)["data"].clone();
+            assert!(data_sent.get("unread").is_none() && data_sent.get("missed_calls").is_none(), "{data}: {data_sent}");
+            assert_eq!(data_sent["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
+        }
+        let n = with_device_data("message-ios.json", json!({"disable_badge_count": false}));
+        assert_golden("message-android.json", &body_of(&app(), &n));
+    }
+
+    #[test]
+    fn a_push_without_an_event_goes_at_normal_priority() {
+        let n = notification(json!({
+            "room_id": "!r:x", "counts": {"unread": 4}, "prio": "high",
+            "devices": [android_device(json!({"default_payload": {"cs": "s"}}))]
+        }));
+        assert_eq!(
+            message(&app(), &n),
+            json!({"token": "fcmtoken1", "data": {"room_id": "!r:x", "unread": "4", "prio": "high"}, "android": {"priority": "normal"}}),
+            "a badge update shows no notification: FCM would deprioritise it at high"
+        );
+        let n = notification(json!({
+            "counts": {"unread": 4}, "devices": [android_device(json!({"disable_badge_count": true, "default_payload": {"cs": "s"}}))]
+        }));
+        assert_eq!(
+            message(&app_with(json!({"fcm_notification": true, "collapse_per_room": true})), &n),
+            json!({"token": "fcmtoken1", "data": {"prio": "high"}, "android": {"priority": "normal"}}),
+            "counts off: a bare data message wakes the app, and nothing shows"
+        );
+        let eio = with_device_data("event_id_only-android.json", json!({"format": "event_id_only"}));
+        assert_eq!(message(&app(), &eio)["android"]["priority"], "high", "a push with an event is shown");
+    }
+
+    #[test]
+    fn collapse_per_room_sets_the_collapse_key_but_never_for_a_ring() {
+        let collapsing = app_with(json!({"collapse_per_room": true, "fcm_options": {"android": {"collapse_key": "operator", "ttl": "60s"}}}));
+        let mut n = with_device_data("message-ios.json", json!({}));
+        let room = n.room_id.clone().unwrap();
+        let android = message(&collapsing, &n)["android"].clone();
+        assert_eq!(android, json!({"priority": "high", "collapse_key": room, "ttl": "60s"}));
+        let asked = with_device_data("message-ios.json", json!({"only_last_per_room": true}));
+        assert_eq!(message(&app(), &asked)["android"]["collapse_key"], json!(room));
+        assert!(message(&app(), &n)["android"].get("collapse_key").is_none(), "off by default");
+        for call in ["m.call.invite", "m.rtc.notification", "org.matrix.msc4075.rtc.notification"] {
+            n.event_type = Some(call.into());
+            assert_eq!(message(&collapsing, &n)["android"]["collapse_key"], "operator", "{call}: only the operator's own key");
+        }
+        n.event_type = Some("m.room.message".into());
+        n.room_id = Some(format!("!{}:example.org", "r".repeat(100)));
+        let key = message(&collapsing, &n)["android"]["collapse_key"].as_str().unwrap().to_string();
+        assert!(key.len() <= 64 && !key.contains("rrr"), "{key}");
+    }
+
+    #[test]
+    fn fcm_notification_adds_a_visible_notification_and_leaves_data_as_is() {
+        let visible = app_with(json!({"fcm_notification": true}));
+        let n = with_device_data("message-ios.json", json!({}));
+        let sent = message(&visible, &n);
+        assert_eq!(sent["notification"], json!({"title": "Push test room", "body": "Hello Bob, message 0"}));
+        assert_eq!(sent["apns"], json!({"headers": {"apns-priority": "10"}, "payload": {"aps": {"mutable-content": 1}}}));
+        assert_eq!(sent["android"], json!({"priority": "high"}));
+        let golden: Value = serde_json::from_str(&std::fs::read_to_string(path("golden/fcm/message-android.json")).unwrap()).unwrap();
+        assert_eq!(sent["data"], golden["message"]["data"], "the data keys stay as they are");
+        assert!(message(&app(), &n).get("notification").is_none(), "off by default");
+    }
+
+    #[test]
+    fn a_visible_notification_shows_no_more_than_the_pushers_format() {
+        let visible = app_with(json!({"fcm_notification": true}));
+        let shown = |n: &Notification| message(&visible, n)["notification"].clone();
+
+        let eio = with_device_data("message-ios.json", json!({"format": "event_id_only"}));
+        assert_eq!(shown(&eio), json!({"body": NEUTRAL_BODY}), "event_id_only: no room, sender or text");
+        assert!(!message(&visible, &eio).to_string().contains("Hello Bob"));
+
+        let mut encrypted = with_device_data("message-ios.json", json!({}));
+        encrypted.event_type = Some("m.room.encrypted".into());
+        encrypted.content = Some(json!({"algorithm": "m.megolm.v1.aes-sha2", "body": "not for us"}).as_object().unwrap().clone());
+        assert_eq!(shown(&encrypted), json!({"title": "Push test room", "body": NEUTRAL_BODY}));
+
+        let mut dm = with_device_data("message-ios.json", json!({}));
+        dm.room_name = None;
+        assert_eq!(shown(&dm)["title"], "alices1", "no room name: the sender");
+
+        let mut ring = with_device_data("message-ios.json", json!({"only_last_per_room": true}));
+        ring.event_type = Some("m.call.invite".into());
+        assert_eq!(shown(&ring)["body"], CALL_BODY);
+        assert!(message(&visible, &ring)["apns"]["headers"].get("apns-collapse-id").is_none());
+
+        let invite = with_device_data("member-ios.json", json!({}));
+        assert_eq!(shown(&invite)["body"], INVITE_BODY);
+    }
+
+    #[test]
+    fn default_payload_notification_overrides_our_texts() {
+        let visible = app_with(json!({"fcm_notification": true}));
+        let data = json!({"format": "event_id_only", "default_payload": {
+            "cs": "s", "notification": {"title": "Element", "body": "Neue Nachricht", "image": "https://x/i.png", "sound": "x", "color": 5}
+        }});
+        let sent = message(&visible, &with_device_data("message-ios.json", data));
+        assert_eq!(sent["notification"], json!({"title": "Element", "body": "Neue Nachricht", "image": "https://x/i.png"}));
+        assert_eq!(sent["data"]["cs"], "s");
+        assert!(sent["data"].get("notification").is_none(), "reserved in data, as before");
+    }
+
+    #[test]
+    fn a_visible_notification_follows_priority_and_collapsing() {
+        let visible = app_with(json!({"fcm_notification": true, "collapse_per_room": true}));
+        let mut n = with_device_data("message-ios.json", json!({}));
+        n.prio = Prio::Low;
+        let sent = message(&visible, &n);
+        let room = n.room_id.clone().unwrap();
+        assert_eq!(sent["android"], json!({"priority": "normal", "collapse_key": room, "notification": {"tag": room}}));
+        assert_eq!(sent["apns"]["headers"], json!({"apns-priority": "5", "apns-collapse-id": room}));
+    }
+
+    #[test]
+    fn the_notification_and_data_fit_4096_bytes_together() {
+        let visible = app_with(json!({"fcm_notification": true}));
+        let long = "é".repeat(3000);
+        let mut n = with_device_data("message-ios.json", json!({"default_payload": {"a": "x".repeat(1000), "b": "y".repeat(1000), "c": "z".repeat(900)}}));
+        n.room_name = Some(long.clone());
+        n.content = Some(json!({"msgtype": "m.text", "body": long}).as_object().unwrap().clone());
+        let sent = message(&visible, &n);
+        assert_all_strings_within_limits(&sent["data"]);
+        let size = |v: &Value| v.as_object().unwrap().iter().map(|(k, v)| k.len() + v.as_str().unwrap().len()).sum::<usize>();
+        let shown = &sent["notification"];
+        assert!(size(&sent["data"]) + size(shown) <= MAX_DATA_BYTES, "{} + {}", size(&sent["data"]), size(shown));
+        let body = shown["body"].as_str().unwrap();
+        assert!(body.ends_with('…') && body.len() > 100, "the text is cut, not dropped: {} bytes", body.len());
+        assert!(shown["title"].as_str().unwrap().len() <= 256);
+        for kept in ["a", "b", "c", "event_id", "room_id", "unread"] {
+            assert!(sent["data"].get(kept).is_some(), "{kept}");
+        }
     }
 
     #[test]

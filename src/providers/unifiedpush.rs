@@ -1,9 +1,10 @@
 //! UnifiedPush: the pushkey is the endpoint URL the device's distributor
 //! (ntfy, NextPush, …) handed out; the notification is POSTed there as JSON.
 
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 use super::fit::Fit;
+use super::style::Style;
 use super::{OutRequest, Outcome, Prepared, ProviderResponse, UnixSecs, Verdict};
 use crate::config::UnifiedPushConfig;
 use crate::endpoints::AllowedEndpoints;
@@ -28,20 +29,25 @@ const EVENT_ID_ONLY_KEYS: &[&str] = &["event_id", "room_id", "counts", "prio"];
 #[derive(Debug)]
 pub struct UnifiedPushApp {
     endpoints: AllowedEndpoints,
+    send_badge_counts: bool,
 }
 
 impl UnifiedPushApp {
     pub fn new(config: UnifiedPushConfig) -> Result<Self, String> {
-        Ok(Self { endpoints: AllowedEndpoints::from_config(config.allowed_endpoints.as_deref())? })
+        Ok(Self {
+            endpoints: AllowedEndpoints::from_config(config.allowed_endpoints.as_deref())?,
+            send_badge_counts: config.send_badge_counts,
+        })
     }
 
     /// DESIGN.md: "POST `{"notification": {...}}` there — the notification
     /// without `devices`, trimmed to 4096 bytes". `devices` stays out because
-    /// it would hand one device's distributor every other device's pushkey.
+    /// it would hand one device's distributor every other device's pushkey;
+    /// `counts` stays out when the device's counts are off.
     pub fn prepare(&self, n: &Notification, d: &Device, _now: UnixSecs) -> Result<Prepared, Verdict> {
         let url = d.pushkey.as_str();
         self.endpoints.check(url).map_err(|e| Verdict::rejected(format!("pushkey: {e}")))?;
-        let notification = match n.kind_for(d) {
+        let mut notification: Map<String, Value> = match n.kind_for(d) {
             Kind::EventIdOnly => n
                 .raw_without_devices
                 .iter()
@@ -50,6 +56,9 @@ impl UnifiedPushApp {
                 .collect(),
             Kind::Full | Kind::BadgeOnly => n.raw_without_devices.clone(),
         };
+        if !Style::new(d, self.send_badge_counts, false).counts {
+            notification.remove("counts");
+        }
         // No device data is sent, so a notification that cannot fit is ours.
         let body = FIT
             .apply(json!({ "notification": notification }))
@@ -86,7 +95,6 @@ mod tests {
     use super::*;
     use crate::notify::parse_notify;
     use crate::providers::fit::samples;
-    use serde_json::{Map, Value};
 
     const ENDPOINT: &str = "https://ntfy.example.net/upAbCdEf123?up=1";
 
@@ -144,6 +152,29 @@ mod tests {
                 "room_id": "!44w6byx0W9j7JETLGnbPOv0d75PH5_ubC1pmU4gJv8E",
             }})
         );
+    }
+
+    #[test]
+    fn counts_off_leave_the_counts_out() {
+        let up = |send_badge_counts: bool| {
+            UnifiedPushApp::new(
+                serde_json::from_value(json!({"allowed_endpoints": ["ntfy.example.net"], "send_badge_counts": send_badge_counts}))
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        for (app, data) in [
+            (up(false), json!({})),
+            (up(true), json!({"org.matrix.msc4076.disable_badge_count": true})),
+            (up(true), json!({"disable_badge_count": true, "format": "event_id_only"})),
+        ] {
+            let n = fixture("message-ios.json", ENDPOINT, data.clone());
+            let (_, body) = sent(&app, &n);
+            assert!(body["notification"].get("counts").is_none(), "{data}: {body}");
+            assert_eq!(body["notification"]["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
+        }
+        let n = fixture("message-ios.json", ENDPOINT, json!({"disable_badge_count": false}));
+        assert_eq!(sent(&up(true), &n).1["notification"]["counts"], json!({"unread": 1}));
     }
 
     #[test]

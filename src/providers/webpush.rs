@@ -23,13 +23,14 @@ use sha2::{Digest, Sha256};
 
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
+use super::style::{Style, Urgency};
 use super::{
     normalize_pem, require_secret, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
     Verdict,
 };
 use crate::config::WebPushConfig;
 use crate::endpoints::{AllowedEndpoints, Endpoint};
-use crate::notify::{Device, Kind, Notification, Prio};
+use crate::notify::{Counts, Device, Kind, Notification};
 
 /// RFC 8291: "a push message MUST include only a single record"; RFC 8030
 /// push services must accept 4096 octets of payload.
@@ -97,6 +98,8 @@ pub struct WebPushApp {
     ttl: u64,
     endpoints: AllowedEndpoints,
     key: VapidKey,
+    send_badge_counts: bool,
+    collapse_per_room: bool,
 }
 
 /// RFC 8292 claims. `exp` is set here in seconds, rather than through
@@ -130,6 +133,8 @@ impl WebPushApp {
             ttl: config.ttl.unwrap_or(DEFAULT_TTL_SECS),
             endpoints,
             key,
+            send_badge_counts: config.send_badge_counts,
+            collapse_per_room: config.collapse_per_room,
         })
     }
 
@@ -141,23 +146,23 @@ impl WebPushApp {
         let subscription = Subscription::from_device(d, &self.endpoints).map_err(Verdict::rejected)?;
         let default_payload = d.default_payload().map_err(Verdict::from)?;
         let kind = n.kind_for(d);
+        let style = Style::new(d, self.send_badge_counts, self.collapse_per_room);
+        let counts = style.counts(n);
         let plaintext = fit_blaming_default_payload(
             default_payload,
-            |default_payload| plaintext_fit(kind).apply(Value::Object(payload(n, kind, default_payload))),
+            |default_payload| plaintext_fit(kind).apply(Value::Object(payload(n, kind, counts, default_payload))),
             "one 4096-byte record",
         )?;
         let body = encrypt(&plaintext, &subscription.p256dh, &subscription.auth).map_err(Verdict::failed)?;
 
         let mut headers = vec![
             ("ttl".to_string(), self.ttl.to_string()),
-            ("urgency".to_string(), urgency(n.prio).to_string()),
+            ("urgency".to_string(), urgency(Urgency::of(n)).to_string()),
             ("content-encoding".to_string(), "aes128gcm".to_string()),
             ("content-type".to_string(), "application/octet-stream".to_string()),
         ];
-        if d.data.get("only_last_per_room") == Some(&Value::Bool(true)) {
-            if let Some(room_id) = &n.room_id {
-                headers.push(("topic".to_string(), topic(room_id)));
-            }
+        if let Some(room_id) = style.collapse_room(n) {
+            headers.push(("topic".to_string(), topic(room_id)));
         }
         let token_key = Some(format!("vapid:{}:{}", self.key.fingerprint(), subscription.endpoint.origin()));
         Ok(Prepared { request: OutRequest { url: subscription.url, headers, body }, token_key })
@@ -253,15 +258,22 @@ fn decode_base64url(raw: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(normalized).ok()
 }
 
-fn urgency(prio: Prio) -> &'static str {
-    match prio {
-        Prio::High => "high",
-        Prio::Low => "low",
+/// RFC 8030 5.3 `Urgency`, from what the user will see: `high` ("time-sensitive
+/// alert") for a high-priority push with an event, `normal` ("chat message")
+/// for a low-priority one, `low` for a push without an event (a badge update
+/// or a wake), which may wait until the device is on power or Wi-Fi.
+fn urgency(urgency: Urgency) -> &'static str {
+    match urgency {
+        Urgency::Now => "high",
+        Urgency::Soon => "normal",
+        Urgency::Quiet => "low",
     }
 }
 
 /// One topic per room, so the push service keeps only the room's latest push.
-/// Hashed: a topic is short, base64url only, and should not reveal the room.
+/// RFC 8030 5.4: a topic is at most 32 characters of the base64url alphabet,
+/// so a room id (up to 255 bytes, any character) is hashed; the hash also
+/// keeps the room from the push service.
 fn topic(room_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(room_id.as_bytes())).chars().take(TOPIC_LEN).collect()
 }
@@ -273,8 +285,14 @@ fn topic(room_id: &str) -> String {
 ///
 /// Badge-only pushes carry the counts, `prio` and `default_payload`: a
 /// service worker needs the latter (e.g. Hydrogen's session id) to know
-/// whose badge to update. Our fields win over `default_payload`'s.
-pub fn payload(n: &Notification, kind: Kind, default_payload: Option<&Map<String, Value>>) -> Map<String, Value> {
+/// whose badge to update. Our fields win over `default_payload`'s. `counts`
+/// are those the device may get (none when counts are off).
+pub fn payload(
+    n: &Notification,
+    kind: Kind,
+    counts: Counts,
+    default_payload: Option<&Map<String, Value>>,
+) -> Map<String, Value> {
     let mut out = default_payload.cloned().unwrap_or_default();
     let put_str = |out: &mut Map<String, Value>, key: &str, value: &Option<String>| {
         if let Some(v) = value {
@@ -294,10 +312,10 @@ pub fn payload(n: &Notification, kind: Kind, default_payload: Option<&Map<String
             out.insert("content".into(), Value::Object(content.clone()));
         }
     }
-    if let Some(unread) = n.counts.unread {
+    if let Some(unread) = counts.unread {
         out.insert("unread".into(), unread.into());
     }
-    if let Some(missed_calls) = n.counts.missed_calls {
+    if let Some(missed_calls) = counts.missed_calls {
         out.insert("missed_calls".into(), missed_calls.into());
     }
     out.insert("prio".into(), n.prio.as_str().into());
@@ -677,10 +695,59 @@ mod tests {
         let prepared = app_with(json!({"ttl": 60})).prepare(&low, &low.devices[0], 0).unwrap();
         let r = &prepared.request;
         assert_eq!(r.header("ttl"), Some("60"));
-        assert_eq!(r.header("urgency"), Some("low"));
+        assert_eq!(r.header("urgency"), Some("normal"), "RFC 8030: a chat message the user will see");
         let topic = r.header("topic").unwrap();
         assert_eq!(topic, &URL_SAFE_NO_PAD.encode(Sha256::digest(b"!room:example.org"))[..32]);
         assert!(topic.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+
+    fn header_of(app: &WebPushApp, n: &Notification, name: &str) -> Option<String> {
+        app.prepare(n, &n.devices[0], 0).unwrap().request.header(name).map(str::to_string)
+    }
+
+    #[test]
+    fn urgency_is_low_for_a_push_without_an_event() {
+        let browser = Browser::new();
+        for data in [json!({}), json!({"disable_badge_count": true})] {
+            let n = notification(json!({"notification": {"counts": {"unread": 1}, "prio": "high", "devices": [browser.device(data.clone())]}}));
+            assert_eq!(header_of(&app_with(json!({})), &n, "urgency").as_deref(), Some("low"), "{data}");
+        }
+    }
+
+    #[test]
+    fn counts_off_leave_unread_and_missed_calls_out() {
+        let browser = Browser::new();
+        for (app, data) in [
+            (app_with(json!({})), json!({"org.matrix.msc4076.disable_badge_count": true})),
+            (app_with(json!({"send_badge_counts": false})), json!({"format": "event_id_only"})),
+        ] {
+            let mut n = fixture("message-ios.json", browser.device(data.clone()));
+            n.counts.missed_calls = Some(4);
+            let sent = sent_plaintext(&app, &browser, &n);
+            assert!(sent.get("unread").is_none() && sent.get("missed_calls").is_none(), "{data}: {sent}");
+            assert_eq!(sent["event_id"], "$c_S3Dbae4d34xgwTHsXztzA9NxxLqspUJNES7lttZhU");
+        }
+        // No event and counts off: a quiet push with default_payload and prio only.
+        let n = notification(json!({"notification": {"counts": {"unread": 3}, "devices": [
+            browser.device(json!({"disable_badge_count": true, "default_payload": {"session_id": "s1"}}))]}}));
+        assert_eq!(sent_plaintext(&app_with(json!({})), &browser, &n), json!({"session_id": "s1", "prio": "high"}));
+    }
+
+    #[test]
+    fn collapse_per_room_sets_a_topic_but_never_for_a_ring_or_a_badge_update() {
+        let browser = Browser::new();
+        let collapsing = app_with(json!({"collapse_per_room": true}));
+        let mut n = fixture("message-ios.json", browser.device(json!({})));
+        let topic = header_of(&collapsing, &n, "topic").unwrap();
+        assert_eq!(topic, &URL_SAFE_NO_PAD.encode(Sha256::digest(n.room_id.clone().unwrap().as_bytes()))[..32]);
+        assert_eq!(header_of(&app_with(json!({})), &n, "topic"), None, "off by default");
+        for call in ["m.call.invite", "m.rtc.notification"] {
+            n.event_type = Some(call.into());
+            assert_eq!(header_of(&collapsing, &n, "topic"), None, "{call}");
+        }
+        let badge = notification(json!({"notification": {"room_id": "!r:x", "counts": {"unread": 1}, "devices": [
+            browser.device(json!({"only_last_per_room": true}))]}}));
+        assert_eq!(header_of(&app_with(json!({})), &badge, "topic"), None, "a badge update must not replace a message");
     }
 
     #[test]

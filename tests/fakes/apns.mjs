@@ -17,9 +17,17 @@
 //   not in the future and not older than one hour (403 ExpiredProviderToken);
 //   `apns-topic` (400 MissingTopic / BadTopic), `apns-push-type` (400
 //   InvalidPushType), `apns-priority` in {5, 10} (400 BadPriority),
-//   `apns-expiration` an integer (400 BadExpirationDate); a non-empty body (400
-//   PayloadEmpty) of at most 4096 bytes (413 PayloadTooLarge) holding a JSON
-//   object (400 BadPayload: Apple documents no reason for this one).
+//   `apns-expiration` an integer (400 BadExpirationDate), `apns-collapse-id` at
+//   most 64 bytes (400 BadCollapseId); a non-empty body (400 PayloadEmpty) of at
+//   most 4096 bytes (413 PayloadTooLarge) holding a JSON object (400 BadPayload:
+//   Apple documents no reason for this one).
+// Then Apple's rules for what a push shows, from "Sending notification
+// requests to APNs" and "Pushing background updates to your App": a
+// background push goes at priority 5 (400 BadPriority) and its `aps` holds
+// `content-available: 1` and no alert, sound or badge; an alert push at
+// priority 10 "must trigger an alert, sound, or badge" (400 BadPriority).
+// Apple names no reason for a background push that shows something; the fake
+// answers 400 BadPayload so a test sees the mistake.
 // Every failed check is also kept in `violations`, so a test can assert that
 // the worker's requests were all well-formed.
 //
@@ -30,6 +38,7 @@ import crypto from "node:crypto";
 import { Script, decodeJwtPart, fakeHandle, forbidInLogs, startFakeServer } from "./common.mjs";
 
 export const MAX_PAYLOAD_BYTES = 4096;
+export const MAX_COLLAPSE_ID_BYTES = 64;
 const PUSH_TYPES = new Set([
   "alert", "background", "location", "voip", "complication", "fileprovider",
   "mdm", "liveactivity", "pushtotalk", "widgets", "controls",
@@ -160,10 +169,23 @@ export async function startFakeApns({
     if (h["apns-expiration"] !== undefined && !/^\d+$/.test(h["apns-expiration"])) {
       return refuse(400, "BadExpirationDate", `apns-expiration ${h["apns-expiration"]}`);
     }
+    const collapseId = h["apns-collapse-id"];
+    if (collapseId !== undefined && (collapseId === "" || Buffer.byteLength(collapseId) > MAX_COLLAPSE_ID_BYTES)) {
+      return refuse(400, "BadCollapseId", `apns-collapse-id of ${Buffer.byteLength(collapseId)} bytes`);
+    }
     if (req.body.length === 0) return refuse(400, "PayloadEmpty", "empty body");
     if (req.body.length > MAX_PAYLOAD_BYTES) return refuse(413, "PayloadTooLarge", `${req.body.length} bytes`);
     if (req.json === null || typeof req.json !== "object" || Array.isArray(req.json)) {
       return refuse(400, "BadPayload", "body is not a JSON object");
+    }
+    const aps = req.json.aps !== null && typeof req.json.aps === "object" ? req.json.aps : {};
+    const shown = ["alert", "sound", "badge"].filter((key) => key in aps);
+    if (h["apns-push-type"] === "background") {
+      if (aps["content-available"] !== 1) return refuse(400, "BadPayload", "a background push without aps.content-available 1");
+      if (shown.length > 0) return refuse(400, "BadPayload", `a background push with aps.${shown.join(", aps.")}`);
+    }
+    if (h["apns-push-type"] === "alert" && h["apns-priority"] === "10" && shown.length === 0) {
+      return refuse(400, "BadPriority", "priority 10 for a push with no alert, sound or badge");
     }
 
     // Not errors of the request: what Apple knows of the token.

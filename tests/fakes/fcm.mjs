@@ -13,7 +13,11 @@
 //   `authorization: Bearer <a token this fake issued and did not revoke>` (401
 //   UNAUTHENTICATED), the project (404 NOT_FOUND), a JSON `message` with a string
 //   `token` and no other target, `data` values strings only, no reserved key,
-//   data at most 4096 bytes (400 INVALID_ARGUMENT, as Google answers).
+//   `notification` only `title`, `body` and `image` strings, data and
+//   notification at most 4096 bytes together, `android.priority` high or normal,
+//   `android.collapse_key` and `android.notification.tag` strings, `apns.headers`
+//   strings with `apns-priority` 5 or 10 and an `apns-collapse-id` of at most 64
+//   bytes, `apns.payload.aps` an object (400 INVALID_ARGUMENT, as Google answers).
 // Every failed check is also kept in `violations`, so a test can assert that
 // the worker's requests were all well-formed.
 //
@@ -30,6 +34,31 @@ const IAT_FUTURE_SKEW_SECS = 60;
 const ACCESS_TOKEN_LIFETIME_SECS = 3599;
 const FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError";
 const BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest";
+
+/** The fields of FCM's `Notification`. */
+const NOTIFICATION_FIELDS = new Set(["title", "body", "image"]);
+
+/** Why FCM would refuse `message.apns`, or undefined when it is well-formed. */
+function checkApnsConfig(apns) {
+  if (apns === undefined) return undefined;
+  if (apns === null || typeof apns !== "object" || Array.isArray(apns)) return "message.apns is not an object";
+  const headers = apns.headers ?? {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value !== "string") return `Invalid value at 'message.apns.headers[${name}]' (TYPE_STRING)`;
+  }
+  if (headers["apns-priority"] !== undefined && !["5", "10"].includes(headers["apns-priority"])) {
+    return `apns-priority ${headers["apns-priority"]}`;
+  }
+  const collapseId = headers["apns-collapse-id"];
+  if (collapseId !== undefined && (collapseId === "" || Buffer.byteLength(collapseId) > 64)) {
+    return `apns-collapse-id of ${Buffer.byteLength(collapseId)} bytes`;
+  }
+  const aps = apns.payload?.aps;
+  if (apns.payload !== undefined && (aps === null || typeof aps !== "object" || Array.isArray(aps))) {
+    return "message.apns.payload.aps is not an object";
+  }
+  return undefined;
+}
 
 /** A Google API error body. */
 function googleError(code, status, message, details = []) {
@@ -229,11 +258,31 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
       size += Buffer.byteLength(key) + Buffer.byteLength(value);
       index += 1;
     }
-    if (size > MAX_DATA_BYTES) return invalidArgument(`Android message is too big (${size} bytes of data)`);
-    const priority = message.android?.priority;
+    const shown = message.notification;
+    if (shown !== undefined) {
+      if (shown === null || typeof shown !== "object" || Array.isArray(shown)) return invalidArgument("message.notification is not an object", "message.notification");
+      for (const [key, value] of Object.entries(shown)) {
+        if (!NOTIFICATION_FIELDS.has(key)) {
+          return invalidArgument(`Invalid JSON payload received. Unknown name "${key}" at 'message.notification'`, "message.notification");
+        }
+        if (typeof value !== "string") return invalidArgument(`Invalid value at 'message.notification.${key}' (TYPE_STRING)`, `message.notification.${key}`);
+        size += Buffer.byteLength(key) + Buffer.byteLength(value);
+      }
+    }
+    if (size > MAX_DATA_BYTES) return invalidArgument(`Android message is too big (${size} bytes of data and notification)`);
+    const android = message.android ?? {};
+    const priority = android.priority;
     if (priority !== undefined && !/^(high|normal)$/i.test(priority)) {
       return invalidArgument(`Invalid value at 'message.android.priority', ${priority}`, "message.android.priority");
     }
+    if (android.collapse_key !== undefined && typeof android.collapse_key !== "string") {
+      return invalidArgument("Invalid value at 'message.android.collapse_key' (TYPE_STRING)", "message.android.collapse_key");
+    }
+    if (android.notification !== undefined && typeof android.notification?.tag !== "string") {
+      return invalidArgument("Invalid value at 'message.android.notification.tag' (TYPE_STRING)", "message.android.notification.tag");
+    }
+    const apnsProblem = checkApnsConfig(message.apns);
+    if (apnsProblem) return invalidArgument(apnsProblem, "message.apns");
 
     const answer = script.nextAnswer(message.token, ANSWERS);
     if (answer.status === 401) issued.delete(auth[1]);

@@ -4,6 +4,7 @@
 // is driven here.
 
 import assert from "node:assert/strict";
+import crypto from "node:crypto";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { generateApnsKey, hexToken, randomPushkey, startFakeApns } from "../fakes/apns.mjs";
 import { notification, startWorker, synapseFixture } from "./harness.mjs";
@@ -45,6 +46,9 @@ describe("APNs", () => {
         "com.example.raw": apnsApp(fake.origin, { convert_device_token_to_hex: false }),
         "com.example.ttl": apnsApp(fake.origin, { ttl: 3600 }),
         "com.example.background": apnsApp(fake.origin, { push_type: "background" }),
+        "com.example.voip": apnsApp(fake.origin, { push_type: "voip" }),
+        "com.example.nobadge": apnsApp(fake.origin, { send_badge_counts: false }),
+        "com.example.collapse": apnsApp(fake.origin, { collapse_per_room: true }),
         "com.example.wrongteam": apnsApp(fake.origin, { team_id: "OTHERTEAM1" }),
       },
       secrets: { APNS_KEY: key.p8 },
@@ -216,6 +220,93 @@ describe("APNs", () => {
       assert.ok(text.length > 100, "the text is trimmed, not dropped");
       assert.ok(!text.includes("\uFFFD"), "no character was split");
       assert.ok(body.startsWith(text.replace(/…$/, "")), "the kept text is a prefix of the message");
+    });
+  });
+
+  describe("badge counts, quiet pushes and collapsing", () => {
+    const eventIdOnly = { format: "event_id_only", default_payload: { aps: { "mutable-content": 1, alert: { "loc-key": "Notification" } }, cs: "c" } };
+    const readReceipt = (dev) => ({ notification: { counts: { unread: 3, missed_calls: 1 }, devices: [dev] } });
+
+    for (const [name, app, data] of [
+      ["pusher data org.matrix.msc4076.disable_badge_count", IOS, { "org.matrix.msc4076.disable_badge_count": true }],
+      ["pusher data disable_badge_count", IOS, { disable_badge_count: true }],
+      ["the app's send_badge_counts: false", "com.example.nobadge", {}],
+    ]) {
+      test(`${name}: no count in any payload, and a push without an event is a background wake`, async () => {
+        const devices = [device(pushkey(), app, data), device(pushkey(), app, { ...data, ...eventIdOnly })];
+        const receipt = device(pushkey(), app, { ...data, ...eventIdOnly });
+        assertStatus(await worker.notify(notification(devices, { counts: { unread: 2, missed_calls: 1 } })), 200);
+        assertStatus(await worker.notify(readReceipt(receipt)), 200);
+        assert.deepEqual(fake.violations, [], "the fake refuses background pushes that show something");
+        assert.equal(fake.delivered.length, 3);
+        const sent = (dev) => fake.delivered.find((d) => d.token === hexToken(dev.pushkey));
+        const [full, eio, wake] = [sent(devices[0]), sent(devices[1]), sent(receipt)];
+        assert.equal(full.payload.aps.badge, undefined);
+        assert.equal(full.payload.aps.alert["loc-key"], "MSG_FROM_USER_WITH_CONTENT");
+        assert.equal(full.headers["apns-priority"], "10");
+        assert.equal(eio.payload.unread_count, undefined);
+        assert.equal(eio.payload.missed_calls, undefined);
+        assert.equal(eio.payload.event_id, "$event:example.org");
+        assert.deepEqual(wake.payload, { aps: { "content-available": 1 } }, "nothing from default_payload");
+        assert.equal(wake.headers["apns-push-type"], "background");
+        assert.equal(wake.headers["apns-priority"], "5");
+      });
+    }
+
+    test("counts on: the read receipt is still a badge update, as today", async () => {
+      assertStatus(await worker.notify(readReceipt(device(pushkey(), IOS, { ...eventIdOnly, disable_badge_count: false }))), 200);
+      assert.deepEqual(fake.violations, []);
+      assert.deepEqual(fake.delivered[0].payload, { aps: { badge: 4 } });
+      assert.equal(fake.delivered[0].headers["apns-push-type"], "alert");
+    });
+
+    test("a VoIP app with counts off gets no push without an event: nothing it could take", async () => {
+      const r = await worker.notify(readReceipt(device(pushkey(), "com.example.voip", { disable_badge_count: true })));
+      assertStatus(r, 200);
+      assert.deepEqual(r.json, { rejected: [] });
+      assert.equal(fake.requests.length, 0);
+    });
+
+    test("priority 10 only when the push shows an alert, sound or badge", async () => {
+      const hidden = device(pushkey(), IOS, { format: "event_id_only", default_payload: { cs: "c" } });
+      const shown = device(pushkey(), IOS, eventIdOnly);
+      assertStatus(await worker.notify(notification([hidden, shown])), 200);
+      assert.deepEqual(fake.violations, [], "the fake refuses priority 10 for a push that shows nothing");
+      const byToken = Object.fromEntries(fake.delivered.map((d) => [d.token, d.headers["apns-priority"]]));
+      assert.equal(byToken[hexToken(hidden.pushkey)], "5");
+      assert.equal(byToken[hexToken(shown.pushkey)], "10");
+    });
+
+    test("a background app's pushes are background pushes: content-available, no alert, sound or badge", async () => {
+      assertStatus(await worker.notify(notification([device(pushkey(), "com.example.background")])), 200);
+      assertStatus(await worker.notify(readReceipt(device(pushkey(), "com.example.background"))), 200);
+      assert.deepEqual(fake.violations, []);
+      const [message, receipt] = fake.delivered;
+      assert.deepEqual(message.payload.aps, { "content-available": 1 });
+      assert.equal(message.payload.event_id, "$event:example.org");
+      assert.deepEqual(receipt.payload, { aps: { "content-available": 1 }, unread_count: 3, missed_calls: 1 });
+    });
+
+    test("collapse_per_room: apns-collapse-id from the room id, at most 64 bytes, never for a ring", async () => {
+      const longRoom = `!${"r".repeat(200)}:example.org`;
+      const pushes = [
+        notification([device(pushkey(), "com.example.collapse")]),
+        notification([device(pushkey(), "com.example.collapse")], { room_id: longRoom }),
+        notification([device(pushkey(), IOS, { only_last_per_room: true })]),
+        notification([device(pushkey(), IOS)]),
+        notification([device(pushkey(), "com.example.collapse")], { type: "m.call.invite", content: { offer: { sdp: "m=audio" } } }),
+        notification([device(pushkey(), "com.example.collapse")], { type: "m.rtc.notification", content: {} }),
+      ];
+      for (const n of pushes) assertStatus(await worker.notify(n), 200);
+      assert.deepEqual(fake.violations, [], "the fake refuses collapse ids over 64 bytes");
+      const ids = pushes.map((n) => {
+        const sent = fake.delivered.find((d) => d.token === hexToken(n.notification.devices[0].pushkey));
+        return sent.headers["apns-collapse-id"];
+      });
+      assert.equal(ids[0], "!room:example.org");
+      assert.ok(ids[1].length <= 64 && !ids[1].includes("rrr"), `hashed: ${ids[1]}`);
+      assert.equal(ids[2], "!room:example.org", "the pusher's only_last_per_room asks for it too");
+      assert.deepEqual(ids.slice(3), [undefined, undefined, undefined], "off by default, and never for a ring");
     });
   });
 
@@ -420,6 +511,40 @@ describe("APNs timeouts", () => {
       assert.equal(r.json.errcode, "M_UNKNOWN");
     } finally {
       await worker.close();
+    }
+  });
+});
+
+describe("the fake APNs refuses what Apple refuses", () => {
+  /** A provider token signed with the test key, as the worker mints it. */
+  function providerToken() {
+    const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+    const signed = `${part({ alg: "ES256", kid: KEY_ID })}.${part({ iss: TEAM_ID, iat: now() })}`;
+    const signature = crypto.sign("sha256", Buffer.from(signed), { key: key.p8, dsaEncoding: "ieee-p1363" });
+    return `${signed}.${signature.toString("base64url")}`;
+  }
+
+  test("a collapse id over 64 bytes, a background push that shows something, priority 10 that shows nothing", async () => {
+    const fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID, topic: TOPIC });
+    try {
+      const send = (headers, payload) =>
+        fetch(`${fake.origin}/3/device/${hexToken(randomPushkey())}`, {
+          method: "POST",
+          headers: { authorization: `bearer ${providerToken()}`, "apns-topic": TOPIC, "apns-push-type": "alert", "apns-priority": "10", ...headers },
+          body: JSON.stringify(payload),
+        }).then(async (r) => [r.status, (await r.json().catch(() => ({}))).reason]);
+      const alert = { aps: { alert: { body: "hi" } } };
+      assert.deepEqual(await send({ "apns-collapse-id": "x".repeat(64) }, alert), [200, undefined]);
+      assert.deepEqual(await send({ "apns-collapse-id": "x".repeat(65) }, alert), [400, "BadCollapseId"]);
+      const background = { "apns-push-type": "background", "apns-priority": "5" };
+      assert.deepEqual(await send(background, { aps: { "content-available": 1 } }), [200, undefined]);
+      assert.deepEqual(await send(background, { aps: { "content-available": 1, badge: 1 } }), [400, "BadPayload"]);
+      assert.deepEqual(await send(background, { aps: {} }), [400, "BadPayload"]);
+      assert.deepEqual(await send({ "apns-push-type": "background" }, { aps: { "content-available": 1 } }), [400, "BadPriority"]);
+      assert.deepEqual(await send({}, { aps: { "content-available": 1 }, event_id: "$e" }), [400, "BadPriority"]);
+      assert.deepEqual(await send({ "apns-priority": "5" }, { event_id: "$e" }), [200, undefined]);
+    } finally {
+      await fake.close();
     }
   });
 });

@@ -73,6 +73,9 @@ describe("FCM", () => {
         fcm_options: { android: { priority: "normal", ttl: "3600s", collapse_key: "room" }, data: { app: "edgepush" } },
       }),
       "com.example.wrongproject": fcmApp(fake.origin, { project_id: "other-project" }),
+      "com.example.nobadge": fcmApp(fake.origin, { send_badge_counts: false }),
+      "com.example.collapse": fcmApp(fake.origin, { collapse_per_room: true }),
+      "com.example.visible": fcmApp(fake.origin, { fcm_notification: true, collapse_per_room: true }),
     });
   });
   after(async () => {
@@ -122,14 +125,14 @@ describe("FCM", () => {
       assert.ok(!raw.includes("secret text") && !raw.includes("Alice"), "nothing about the message");
     });
 
-    test("badge-only (no event_id): only the counts", async () => {
+    test("badge-only (no event_id): only the counts, at normal priority (nothing is shown)", async () => {
       const k = pushkey();
       const r = await worker.notify({
         notification: { counts: { unread: 3, missed_calls: 1 }, devices: [device(k, ANDROID, { default_payload: { cs: "x" } })] },
       });
       assertStatus(r, 200);
       assert.deepEqual(fake.delivered[0].message, {
-        token: k, data: { unread: "3", missed_calls: "1", prio: "high" }, android: { priority: "high" },
+        token: k, data: { unread: "3", missed_calls: "1", prio: "high" }, android: { priority: "normal" },
       });
     });
 
@@ -200,6 +203,92 @@ describe("FCM", () => {
       }
       assert.equal(data.event_id, "$event:example.org", "ids are kept");
       if (data.content_body) assert.ok(body.startsWith(data.content_body.replace(/…$/, "")));
+    });
+  });
+
+  describe("badge counts, quiet pushes, collapsing and visible notifications", () => {
+    const readReceipt = (dev) => ({ notification: { counts: { unread: 3, missed_calls: 1 }, prio: "high", devices: [dev] } });
+
+    for (const [name, app, data] of [
+      ["pusher data org.matrix.msc4076.disable_badge_count", ANDROID, { "org.matrix.msc4076.disable_badge_count": true }],
+      ["pusher data disable_badge_count", ANDROID, { disable_badge_count: true }],
+      ["the app's send_badge_counts: false", "com.example.nobadge", {}],
+    ]) {
+      test(`${name}: no unread or missed_calls, and a push without an event is a data message at normal priority`, async () => {
+        const message = pushkey();
+        const receipt = pushkey();
+        const n = notification([device(message, app, { ...data, format: "event_id_only", default_payload: { cs: "c" } })], {
+          counts: { unread: 2, missed_calls: 1 },
+        });
+        assertStatus(await worker.notify(n), 200);
+        assertStatus(await worker.notify(readReceipt(device(receipt, app, { ...data, default_payload: { cs: "c" } }))), 200);
+        assert.deepEqual(fake.violations, []);
+        const sent = (k) => fake.delivered.find((d) => d.pushkey === k).message;
+        assert.deepEqual(sent(message).data, { event_id: "$event:example.org", room_id: "!room:example.org", prio: "high", cs: "c" });
+        assert.equal(sent(message).android.priority, "high");
+        assert.deepEqual(sent(receipt), { token: receipt, data: { prio: "high" }, android: { priority: "normal" } });
+      });
+    }
+
+    test("collapse_per_room: android.collapse_key from the room id, never for a ring", async () => {
+      const keys = [pushkey(), pushkey(), pushkey(), pushkey()];
+      const longRoom = `!${"r".repeat(200)}:example.org`;
+      assertStatus(await worker.notify(notification([device(keys[0], "com.example.collapse")])), 200);
+      assertStatus(await worker.notify(notification([device(keys[1], ANDROID, { only_last_per_room: true })], { room_id: longRoom })), 200);
+      assertStatus(await worker.notify(notification([device(keys[2], "com.example.collapse")], { type: "m.call.invite", content: {} })), 200);
+      assertStatus(await worker.notify(notification([device(keys[3], "com.example.collapse")], { type: "m.rtc.notification", content: {} })), 200);
+      assert.deepEqual(fake.violations, []);
+      const sent = (k) => fake.delivered.find((d) => d.pushkey === k).message;
+      assert.equal(sent(keys[0]).android.collapse_key, "!room:example.org");
+      const hashed = sent(keys[1]).android.collapse_key;
+      assert.ok(hashed.length <= 64 && !hashed.includes("rrr"), hashed);
+      assert.equal(sent(keys[2]).android.collapse_key, undefined);
+      assert.equal(sent(keys[3]).android.collapse_key, undefined);
+    });
+
+    test("fcm_notification: notification title and body, an apns block with mutable-content, the same data", async () => {
+      const visible = pushkey();
+      const plain = pushkey();
+      const body = structuredClone(synapseFixture("message-ios"));
+      body.notification.devices = [device(visible, "com.example.visible"), device(plain)];
+      assertStatus(await worker.notify(body), 200);
+      assert.deepEqual(fake.violations, [], "the fake checks the notification's fields and size");
+      const sent = (k) => fake.delivered.find((d) => d.pushkey === k).message;
+      const message = sent(visible);
+      assert.deepEqual(message.notification, { title: "Push test room", body: "Hello Bob, message 0" });
+      const room = body.notification.room_id;
+      assert.deepEqual(message.apns, { headers: { "apns-priority": "10", "apns-collapse-id": room }, payload: { aps: { "mutable-content": 1 } } });
+      assert.deepEqual(message.android, { priority: "high", collapse_key: room, notification: { tag: room } });
+      assert.deepEqual(message.data, sent(plain).data, "the data keys stay as they are");
+      assert.equal(sent(plain).notification, undefined);
+    });
+
+    test("fcm_notification shows no more than the pusher's format, and the pusher's own texts win", async () => {
+      const eio = pushkey();
+      const own = pushkey();
+      const encrypted = pushkey();
+      const n = notification([
+        device(eio, "com.example.visible", { format: "event_id_only" }),
+        device(own, "com.example.visible", { format: "event_id_only", default_payload: { notification: { title: "Element", body: "Nachricht" } } }),
+      ], { room_name: "Secret Room", content: { msgtype: "m.text", body: "secret text" } });
+      assertStatus(await worker.notify(n), 200);
+      assertStatus(await worker.notify(notification([device(encrypted, "com.example.visible")], {
+        type: "m.room.encrypted", room_name: "Team", content: { algorithm: "m.megolm.v1.aes-sha2", ciphertext: "x" },
+      })), 200);
+      assert.deepEqual(fake.violations, []);
+      const sent = (k) => fake.delivered.find((d) => d.pushkey === k);
+      assert.deepEqual(sent(eio).message.notification, { body: "New message" });
+      assert.ok(!sent(eio).raw.includes("secret text") && !sent(eio).raw.includes("Secret Room"), sent(eio).raw);
+      assert.deepEqual(sent(own).message.notification, { title: "Element", body: "Nachricht" });
+      assert.deepEqual(sent(encrypted).message.notification, { title: "Team", body: "New message" });
+    });
+
+    test("fcm_notification: a push without an event shows nothing, at normal priority", async () => {
+      const k = pushkey();
+      assertStatus(await worker.notify(readReceipt(device(k, "com.example.visible"))), 200);
+      assert.deepEqual(fake.delivered[0].message, {
+        token: k, data: { unread: "3", missed_calls: "1", prio: "high" }, android: { priority: "normal" },
+      });
     });
   });
 

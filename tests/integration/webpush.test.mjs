@@ -54,7 +54,10 @@ describe("WebPush and UnifiedPush", () => {
         "com.example.web.wrongkey": webApp({ vapid_private_key_secret: "OTHER_VAPID" }),
         "com.example.web.strict": webApp({ allowed_endpoints: ["*.push.example.net"] }),
         "com.example.web.open": webApp({ allowed_endpoints: undefined }),
+        "com.example.web.nobadge": webApp({ send_badge_counts: false }),
+        "com.example.web.collapse": webApp({ collapse_per_room: true }),
         "*.up": { type: "unifiedpush", allowed_endpoints: LOCAL },
+        "im.nobadge.app": { type: "unifiedpush", allowed_endpoints: LOCAL, send_badge_counts: false },
         "im.open.up": { type: "unifiedpush" },
       },
       secrets: {
@@ -102,7 +105,7 @@ describe("WebPush and UnifiedPush", () => {
       });
     });
 
-    test("headers: TTL 900 by default, Urgency from prio, aes128gcm, no Topic unless asked", async () => {
+    test("headers: TTL 900 by default, Urgency from what the user sees, aes128gcm, no Topic unless asked", async () => {
       const sub = push.subscribe();
       assertStatus(await worker.notify(notification([webDevice(sub)])), 200);
       const { headers } = push.delivered[0];
@@ -116,9 +119,47 @@ describe("WebPush and UnifiedPush", () => {
       assertStatus(await worker.notify(low), 200);
       const h = push.delivered[0].headers;
       assert.equal(h.ttl, "60");
-      assert.equal(h.urgency, "low");
+      assert.equal(h.urgency, "normal", "a low-priority message is still shown: RFC 8030's chat message");
       const expectedTopic = crypto.createHash("sha256").update("!room:example.org").digest("base64url").slice(0, 32);
       assert.equal(h.topic, expectedTopic);
+    });
+
+    test("badge counts off: no unread or missed_calls; a push without an event goes at Urgency low", async () => {
+      const byDevice = push.subscribe();
+      const byApp = push.subscribe();
+      const receipt = push.subscribe();
+      const counts = { counts: { unread: 2, missed_calls: 1 } };
+      assertStatus(await worker.notify(notification([webDevice(byDevice, { "org.matrix.msc4076.disable_badge_count": true })], counts)), 200);
+      assertStatus(await worker.notify(notification([webDevice(byApp, {}, "com.example.web.nobadge")], counts)), 200);
+      assertStatus(await worker.notify({ notification: { counts: { unread: 3 }, devices: [
+        webDevice(receipt, { disable_badge_count: true, default_payload: { session_id: "s-1" } }),
+      ] } }), 200);
+      assert.deepEqual(push.violations, []);
+      const sent = (sub) => push.delivered.find((d) => d.id === sub.id);
+      for (const sub of [byDevice, byApp]) {
+        assert.equal(sent(sub).payload.unread, undefined);
+        assert.equal(sent(sub).payload.missed_calls, undefined);
+        assert.equal(sent(sub).payload.event_id, "$event:example.org");
+        assert.equal(sent(sub).headers.urgency, "high");
+      }
+      assert.deepEqual(sent(receipt).payload, { session_id: "s-1", prio: "high" });
+      assert.equal(sent(receipt).headers.urgency, "low", "RFC 8030: may wait for power or Wi-Fi");
+    });
+
+    test("collapse_per_room: a Topic per room (32 base64url characters), never for a ring or a badge update", async () => {
+      const message = push.subscribe();
+      const ring = push.subscribe();
+      const badge = push.subscribe();
+      const app = "com.example.web.collapse";
+      const longRoom = `!${"r".repeat(200)}:example.org`;
+      assertStatus(await worker.notify(notification([webDevice(message, {}, app)], { room_id: longRoom })), 200);
+      assertStatus(await worker.notify(notification([webDevice(ring, {}, app)], { type: "m.call.invite", content: {} })), 200);
+      assertStatus(await worker.notify({ notification: { room_id: "!room:example.org", counts: { unread: 1 }, devices: [webDevice(badge, {}, app)] } }), 200);
+      assert.deepEqual(push.violations, [], "the fake refuses a Topic over 32 characters or outside base64url");
+      const sent = (sub) => push.delivered.find((d) => d.id === sub.id);
+      assert.equal(sent(message).headers.topic, crypto.createHash("sha256").update(longRoom).digest("base64url").slice(0, 32));
+      assert.equal(sent(ring).headers.topic, undefined);
+      assert.equal(sent(badge).headers.topic, undefined);
     });
 
     test("the VAPID token: aud = the push service's origin, exp ≤ 24 h, sub = vapid_contact, reused per origin", async () => {
@@ -345,6 +386,23 @@ describe("WebPush and UnifiedPush", () => {
       assert.deepEqual(up.delivered[0].json, {
         notification: { event_id: n.event_id, room_id: n.room_id, counts: n.counts, prio: n.prio },
       });
+    });
+
+    test("badge counts off (app or pusher): the notification goes without counts", async () => {
+      const byApp = up.endpoint();
+      const byDevice = up.endpoint();
+      const body = structuredClone(synapseFixture("message-ios"));
+      body.notification.devices = [
+        { app_id: "im.nobadge.app", pushkey: byApp.url, data: {} },
+        { app_id: "im.app.up", pushkey: byDevice.url, data: { format: "event_id_only", "org.matrix.msc4076.disable_badge_count": true } },
+      ];
+      assertStatus(await worker.notify(body), 200);
+      assert.deepEqual(up.violations, []);
+      const n = body.notification;
+      const sent = (endpoint) => up.delivered.find((d) => d.id === endpoint.id).json.notification;
+      const { devices: _devices, counts: _counts, ...withoutCounts } = n;
+      assert.deepEqual(sent(byApp), withoutCounts);
+      assert.deepEqual(sent(byDevice), { event_id: n.event_id, room_id: n.room_id, prio: n.prio });
     });
 
     test("a long message is trimmed to 4096 bytes", async () => {
