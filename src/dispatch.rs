@@ -12,8 +12,8 @@ use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
 use crate::providers::apns::{self, ApnsApp, Environment};
 use crate::providers::jwt::JwtToSign;
-use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict};
-use crate::tokens::{TokenCache, TokenSource};
+use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict, RETRY_AFTER_CAP};
+use crate::tokens::{Signal, TokenCache, TokenSource};
 
 /// The I/O the dispatcher needs; the worker shell implements it with `fetch`,
 /// KV and timers, the host tests with fakes.
@@ -32,6 +32,18 @@ pub trait Transport {
     /// WebCrypto; by default jwt-compact signs in process.
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
         jwt.key.sign_in_process(jwt.signing_input.as_bytes())
+    }
+    /// A one-shot wake-up for a caller waiting on another caller's token
+    /// mint: calling the first half completes the second. The worker makes
+    /// the second half a promise of the waiting request, so the waiter
+    /// resumes in its own request's context.
+    fn signal(&self) -> Signal {
+        crate::tokens::local_signal()
+    }
+    /// Whether the device `key` names is over the per-pushkey rate limit
+    /// (`PUSH_LIMITER`); never, without one.
+    async fn over_rate_limit(&self, _key: &str) -> bool {
+        false
     }
 }
 
@@ -57,6 +69,9 @@ pub struct DeviceReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenSource>,
     pub ms: u64,
+    /// Not sent: over the per-pushkey rate limit (`PUSH_LIMITER`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rate_limited: bool,
 }
 
 /// A device's final outcome, after retries.
@@ -110,6 +125,12 @@ impl<T: Transport> Transport for Budgeted<'_, T> {
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
         self.inner.sign(jwt).await
     }
+    fn signal(&self) -> Signal {
+        self.inner.signal()
+    }
+    async fn over_rate_limit(&self, key: &str) -> bool {
+        self.inner.over_rate_limit(key).await
+    }
 }
 
 /// Everything one `/notify` needs besides the notification.
@@ -154,6 +175,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             tries: 0,
             token: None,
             ms: 0,
+            rate_limited: false,
         };
         let settle = |report, verdict, entry| Settled::new(report, verdict, entry, started, &self.transport);
         if let Some(error) = &self.apps.global_error {
@@ -174,6 +196,10 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             }
         };
         report.provider = app.provider();
+        if self.transport.over_rate_limit(&rate_limit_key(&d.app_id, d.pushkey.as_str())).await {
+            report.rate_limited = true;
+            return settle(report, Verdict::transient("over the per-pushkey rate limit; not sent"), Some(entry));
+        }
         let verdict = self.deliver_to(entry, app, n, d, request_started, &mut report).await;
         settle(report, verdict, Some(entry))
     }
@@ -201,7 +227,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
         loop {
             let request = match &prepared.token_key {
                 None => prepared.request.clone(),
-                Some(key) => match self.tokens.get(&self.transport, app, &prepared, key, reminted).await {
+                Some(key) => match self.tokens.get(&self.transport, app, &prepared, key).await {
                     Ok((token, source)) => {
                         report.token = Some(source);
                         used_token = Some(token.value.clone());
@@ -226,7 +252,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             let verdict = match self.transport.send(&request).await {
                 Ok(response) => {
                     report.status = Some(response.status);
-                    app.classify(&response)
+                    app.classify(&request, &response, self.transport.now_ms() / 1000)
                 }
                 Err(e) => Verdict::transient(format!("network: {e}")),
             };
@@ -260,7 +286,10 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
         let Outcome::Transient { retry_after } = verdict.outcome else {
             return Some(verdict);
         };
-        if report.tries >= self.settings.max_tries || self.transport.is_spent() {
+        // A provider that asks for more time than one request waits (a
+        // UnifiedPush endpoint's 429) is left alone; the homeserver retries later.
+        let beyond_request = retry_after.is_some_and(|d| d > RETRY_AFTER_CAP);
+        if beyond_request || report.tries >= self.settings.max_tries || self.transport.is_spent() {
             return Some(verdict);
         }
         let wait = backoff_ms(self.settings.retry_base_ms, report.tries, retry_after, self.transport.random());
@@ -376,9 +405,25 @@ pub fn backoff_ms(base_ms: u64, tries_so_far: u32, retry_after: Option<Duration>
     jittered.max(floor).min(MAX_BACKOFF_MS)
 }
 
-/// The answer to the homeserver: the only place that decides between 200 and
-/// 502. 200 only when every device was delivered or rejected.
+/// What the rate limiter counts: the device, hashed (the limiter's keys
+/// leave the worker; a pushkey never does).
+pub fn rate_limit_key(app_id: &str, pushkey: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::new().chain_update(app_id).chain_update([0u8]).chain_update(pushkey).finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `Retry-After` of a notify refused by the rate limit: the longest period a
+/// Workers rate limit can have, so the retry finds a new window.
+pub const RATE_LIMIT_RETRY_AFTER_SECS: u64 = 60;
+
+/// The answer to the homeserver: the only place that decides between 200,
+/// 429 and 502. 200 only when every device was delivered or rejected; 429
+/// when every device was over the rate limit.
 pub fn reply(reports: &[(Device, DeviceReport)]) -> Reply {
+    if !reports.is_empty() && reports.iter().all(|(_, r)| r.rate_limited) {
+        return ApiError::LimitExceeded { retry_after_ms: RATE_LIMIT_RETRY_AFTER_SECS * 1000 }.to_reply();
+    }
     let mut rejected = Vec::new();
     let (mut transient, mut failed) = (0usize, 0usize);
     for (device, report) in reports {
@@ -415,6 +460,7 @@ mod tests {
             tries: 1,
             token: None,
             ms: 0,
+            rate_limited: false,
         }
     }
 
@@ -459,12 +505,13 @@ mod dispatch_tests {
     use std::cell::{Cell, RefCell};
     use std::collections::{HashMap, VecDeque};
 
-    use futures_executor::block_on;
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     use serde_json::json;
 
     use super::*;
     use crate::notify::parse_notify;
+    use crate::providers::apns;
+    use crate::testing::{drive, VirtualClock, YieldOnce};
 
     type ScriptedAnswer = (u16, &'static str, Vec<(String, String)>);
 
@@ -474,7 +521,8 @@ mod dispatch_tests {
     struct FakeTransport {
         script: RefCell<HashMap<String, VecDeque<Option<ScriptedAnswer>>>>,
         sent: RefCell<Vec<OutRequest>>,
-        clock_ms: Cell<u64>,
+        /// Virtual time: sleeps end when `drive` moves the clock to them.
+        clock: VirtualClock,
         slept_ms: RefCell<Vec<u64>>,
         kv: RefCell<HashMap<String, (String, u64)>>,
         kv_gets: Cell<u32>,
@@ -482,13 +530,13 @@ mod dispatch_tests {
         slow: RefCell<std::collections::HashSet<String>>,
         /// Tokens in the order their answers came back.
         answered: RefCell<Vec<String>>,
+        /// Rate limiter keys over their limit.
+        over_limit: RefCell<Vec<String>>,
     }
 
     impl FakeTransport {
         fn new() -> Self {
-            let t = Self::default();
-            t.clock_ms.set(1_800_000_000_000);
-            t
+            Self { clock: VirtualClock::starting_at(1_800_000_000_000), ..Self::default() }
         }
         fn answer(&self, token: &str, answers: Vec<Option<(u16, &'static str)>>) {
             let answers = answers.into_iter().map(|a| a.map(|(s, b)| (s, b, vec![]))).collect();
@@ -496,22 +544,6 @@ mod dispatch_tests {
         }
         fn sent_to(&self, token: &str) -> usize {
             self.sent.borrow().iter().filter(|r| r.url.ends_with(&format!("/{token}"))).count()
-        }
-    }
-
-    /// Pending once: lets the other devices' futures run, as awaiting I/O does.
-    struct YieldOnce(bool);
-
-    impl std::future::Future for YieldOnce {
-        type Output = ();
-        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-            if self.0 {
-                std::task::Poll::Ready(())
-            } else {
-                self.0 = true;
-                cx.waker().wake_by_ref();
-                std::task::Poll::Pending
-            }
         }
     }
 
@@ -536,11 +568,10 @@ mod dispatch_tests {
         }
         async fn sleep(&self, ms: u64) {
             self.slept_ms.borrow_mut().push(ms);
-            self.clock_ms.set(self.clock_ms.get() + ms);
-            YieldOnce(false).await;
+            self.clock.sleep(ms).await;
         }
         fn now_ms(&self) -> u64 {
-            self.clock_ms.get()
+            self.clock.now_ms()
         }
         fn random(&self) -> f64 {
             0.5
@@ -552,6 +583,9 @@ mod dispatch_tests {
         }
         async fn kv_put(&self, key: &str, value: &str, ttl: u64) {
             self.kv.borrow_mut().insert(key.to_string(), (value.to_string(), ttl));
+        }
+        async fn over_rate_limit(&self, key: &str) -> bool {
+            self.over_limit.borrow().iter().any(|k| k == key)
         }
     }
 
@@ -589,14 +623,14 @@ mod dispatch_tests {
         let apps = apps();
         let settings = Settings::default();
         let d = Dispatcher::new(t, &apps, &settings, tokens);
-        let results = block_on(d.dispatch(n));
+        let results = drive(&t.clock, d.dispatch(n));
         (reply(&results), results.into_iter().map(|(_, r)| r).collect())
     }
 
     /// One notify against `apps`, which keep what they saw between calls.
     fn run_with(t: &FakeTransport, apps: &Apps, n: &Notification) -> (Reply, Vec<DeviceReport>) {
         let (settings, tokens) = (Settings::default(), TokenCache::default());
-        let results = block_on(Dispatcher::new(t, apps, &settings, &tokens).dispatch(n));
+        let results = drive(&t.clock, Dispatcher::new(t, apps, &settings, &tokens).dispatch(n));
         (reply(&results), results.into_iter().map(|(_, r)| r).collect())
     }
 
@@ -660,7 +694,7 @@ mod dispatch_tests {
         assert_eq!(reports[0].outcome, FinalOutcome::Failed);
         let (no_apps, settings, tokens) = (Apps::load(None, &|_: &str| None), Settings::default(), TokenCache::default());
         let broken = Dispatcher::new(&t, &no_apps, &settings, &tokens);
-        let results = block_on(broken.dispatch(&notification(&[("com.example.ios", "k0")])));
+        let results = drive(&t.clock, broken.dispatch(&notification(&[("com.example.ios", "k0")])));
         assert_eq!(reply(&results).status, 502, "no APPS: failed, never rejected");
         let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("glob.x", "k2")]));
         assert_eq!(answer.status, 502, "two globs match: a configuration error, never rejected");
@@ -795,7 +829,7 @@ mod dispatch_tests {
         assert_eq!(reports[0].token, Some(TokenSource::Kv));
         assert_eq!(t.kv_gets.get(), kv_gets + 1);
         let (_, ttl) = t.kv.borrow().values().next().cloned().unwrap();
-        assert!((60..=1800).contains(&ttl), "{ttl}");
+        assert!((60..=apns::TOKEN_MAX_AGE_SECS).contains(&ttl), "{ttl}");
     }
 
     #[test]
@@ -817,6 +851,25 @@ mod dispatch_tests {
         assert_eq!(answer.status, 200);
         assert_eq!(t.sent_to("token"), 1);
         assert!(t.sent.borrow().iter().filter(|r| r.url.ends_with(":send")).all(|r| r.header("authorization") == Some("Bearer ya29.test")));
+    }
+
+    #[test]
+    fn devices_over_the_rate_limit_are_not_sent_and_a_notify_of_only_those_is_429() {
+        let t = FakeTransport::new();
+        t.over_limit.borrow_mut().push(rate_limit_key("com.example.ios", "flood"));
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "flood")]));
+        assert_eq!(answer.status, 429);
+        assert_eq!(answer.body["errcode"], "M_LIMIT_EXCEEDED");
+        assert_eq!(answer.body["retry_after_ms"], RATE_LIMIT_RETRY_AFTER_SECS * 1000);
+        assert!(reports[0].rate_limited && reports[0].outcome == FinalOutcome::Transient);
+        assert_eq!(t.sent_to("flood"), 0);
+
+        let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "flood"), ("com.example.ios", "calm")]));
+        assert_eq!(answer.status, 502, "the homeserver retries the limited device later");
+        assert_eq!((t.sent_to("flood"), t.sent_to("calm")), (0, 1));
+        // The key names the device without carrying its pushkey.
+        let key = rate_limit_key("com.example.ios", "flood");
+        assert!(!key.contains("flood") && key != rate_limit_key("com.example.io", "sflood"));
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub enum ApiError {
     /// Some device could not be delivered now; the homeserver should retry.
     #[error("{0}")]
     Upstream(String),
+    /// Every device of the notify is over the per-pushkey rate limit (429,
+    /// with `retry_after_ms` and a `Retry-After` header).
+    #[error("every device of this notification is over its rate limit; retry later")]
+    LimitExceeded { retry_after_ms: u64 },
 }
 
 impl ApiError {
@@ -36,16 +40,20 @@ impl ApiError {
             Self::Unrecognized(_) => (404, "M_UNRECOGNIZED"),
             Self::MethodNotAllowed { .. } => (405, "M_UNRECOGNIZED"),
             Self::Upstream(_) => (502, "M_UNKNOWN"),
+            Self::LimitExceeded { .. } => (429, "M_LIMIT_EXCEEDED"),
         }
     }
 
     /// The status and JSON body to answer with.
     pub fn to_reply(&self) -> Reply {
         let (status, errcode) = self.status_errcode();
-        Reply {
-            status,
-            body: json!({ "errcode": errcode, "error": self.to_string() }),
-        }
+        let body = match self {
+            Self::LimitExceeded { retry_after_ms } => {
+                json!({ "errcode": errcode, "error": self.to_string(), "retry_after_ms": retry_after_ms })
+            }
+            _ => json!({ "errcode": errcode, "error": self.to_string() }),
+        };
+        Reply { status, body }
     }
 }
 
@@ -86,6 +94,7 @@ mod tests {
                 "M_UNRECOGNIZED",
             ),
             (ApiError::Upstream("x".into()), 502, "M_UNKNOWN"),
+            (ApiError::LimitExceeded { retry_after_ms: 60_000 }, 429, "M_LIMIT_EXCEEDED"),
         ];
         for (err, status, code) in cases {
             let reply = err.to_reply();
@@ -93,5 +102,6 @@ mod tests {
             assert_eq!(reply.body["errcode"], code, "{err:?}");
             assert!(reply.body["error"].as_str().is_some_and(|s| !s.is_empty()));
         }
+        assert_eq!(ApiError::LimitExceeded { retry_after_ms: 60_000 }.to_reply().body["retry_after_ms"], 60_000);
     }
 }

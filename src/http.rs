@@ -4,18 +4,26 @@ use std::cell::OnceCell;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use worker::js_sys::{self, Uint8Array};
+use worker::js_sys::{self, Function, Object, Promise, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::web_sys::{self, AbortController, RequestRedirect, WorkerGlobalScope};
+use worker::web_sys::{self, AbortController, ReadableStreamDefaultReader, RequestRedirect, WorkerGlobalScope};
 use worker::{Delay, Env, KvStore};
 
 use crate::dispatch::Transport;
 use crate::providers::jwt::JwtToSign;
-use crate::providers::{OutRequest, ProviderResponse};
+use crate::providers::{AnswerBody, OutRequest, ProviderResponse};
+use crate::tokens::Signal;
 
-/// Provider answers are small; a larger body is cut here.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The most of a provider's answer that is read. Every verdict needs a few
+/// hundred bytes at most (APNs' `{"reason"}`, FCM's error with its details)
+/// and an OAuth answer holds a token of at most 2 KiB; the rest of a longer
+/// body is cancelled unread, so an endpoint that answers with megabytes, or
+/// never stops, costs the isolate 8 KiB.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024;
+
+/// The optional Workers Rate Limiting binding limiting sends per device.
+const RATE_LIMITER: &str = "PUSH_LIMITER";
 
 /// The only response header the providers read (`ProviderResponse::retry_after`).
 const RETRY_AFTER: &str = "retry-after";
@@ -27,16 +35,29 @@ pub struct WorkerTransport<'a> {
     env: &'a Env,
     /// `TOKENS`, looked up on first use: a notify with a cached token never needs it.
     kv: OnceCell<Option<KvStore>>,
+    /// `PUSH_LIMITER`'s `limit` function and the binding, looked up on first use.
+    limiter: OnceCell<Option<(Function, JsValue)>>,
     pub send_timeout_ms: u64,
 }
 
 impl<'a> WorkerTransport<'a> {
     pub fn new(env: &'a Env, send_timeout_ms: u64) -> Self {
-        Self { env, kv: OnceCell::new(), send_timeout_ms }
+        Self { env, kv: OnceCell::new(), limiter: OnceCell::new(), send_timeout_ms }
     }
 
     fn kv(&self) -> Option<&KvStore> {
         self.kv.get_or_init(|| self.env.kv("TOKENS").ok()).as_ref()
+    }
+
+    /// The rate limiter binding, called through its JS interface (`limit({key})`).
+    fn limiter(&self) -> Option<&(Function, JsValue)> {
+        self.limiter
+            .get_or_init(|| {
+                let binding = Reflect::get(self.env, &JsValue::from_str(RATE_LIMITER)).ok().filter(|b| b.is_object())?;
+                let limit = Reflect::get(&binding, &JsValue::from_str("limit")).ok()?.dyn_into::<Function>().ok()?;
+                Some((limit, binding))
+            })
+            .as_ref()
     }
 }
 
@@ -59,22 +80,64 @@ impl Transport for WorkerTransport<'_> {
         // that sends its headers and then stalls is as dead as a silent one.
         let exchange = Box::pin(async {
             let response = JsFuture::from(global.fetch_with_str_and_init(&request.url, &init)).await.map_err(describe)?;
-            read_response(response).await
+            read_response(response, request.answer_body).await
         });
         let timeout = Delay::from(Duration::from_millis(self.send_timeout_ms));
-        let (status, headers, mut body) = match select(exchange, timeout).await {
+        let (status, headers, body) = match select(exchange, timeout).await {
             Either::Left((result, _)) => result?,
             Either::Right(_) => {
                 controller.abort();
                 return Err(format!("no answer within {} ms", self.send_timeout_ms));
             }
         };
-        body.truncate(MAX_RESPONSE_BYTES);
         Ok(ProviderResponse { status, headers, body })
     }
 
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
-        crate::webcrypto::sign(jwt).await
+        if jwt.key.is_deterministic() {
+            // APNs: the same token in every isolate (RFC 6979), which
+            // WebCrypto's randomised ECDSA cannot give.
+            jwt.key.sign_in_process(jwt.signing_input.as_bytes())
+        } else {
+            crate::webcrypto::sign(jwt).await
+        }
+    }
+
+    /// A promise made here, in the waiting request's context: whichever
+    /// request ends the mint resolves it, and workerd runs the waiter's
+    /// continuation in the waiter's own context (a Rust waker would poll the
+    /// waiter inside the waking request, whose I/O ends with it).
+    fn signal(&self) -> Signal {
+        let mut resolve: Option<Function> = None;
+        let promise = Promise::new(&mut |res, _rej| resolve = Some(res));
+        let wake = Box::new(move || {
+            if let Some(resolve) = resolve {
+                let _ = resolve.call0(&JsValue::UNDEFINED);
+            }
+        });
+        (wake, Box::pin(async move {
+            let _ = JsFuture::from(promise).await;
+        }))
+    }
+
+    async fn over_rate_limit(&self, key: &str) -> bool {
+        let Some((limit, binding)) = self.limiter() else { return false };
+        let options = Object::new();
+        if Reflect::set(&options, &JsValue::from_str("key"), &JsValue::from_str(key)).is_err() {
+            return false;
+        }
+        let outcome = match limit.call1(binding, &options) {
+            Ok(promise) => JsFuture::from(Promise::from(promise)).await,
+            Err(e) => Err(e),
+        };
+        match outcome.and_then(|o| Reflect::get(&o, &JsValue::from_str("success"))) {
+            Ok(success) => success.as_bool() == Some(false),
+            Err(e) => {
+                // A limiter that fails lets the push through: it guards, it does not decide.
+                worker::console_warn!("{{\"msg\":\"PUSH_LIMITER failed\",\"error\":{:?}}}", describe(e));
+                false
+            }
+        }
     }
 
     async fn sleep(&self, ms: u64) {
@@ -92,10 +155,18 @@ impl Transport for WorkerTransport<'_> {
 
     async fn kv_get(&self, key: &str) -> Option<String> {
         let kv = self.kv()?;
-        match kv.get(key).text().await {
-            Ok(value) => value,
-            Err(e) => {
+        // Bounded like a send: a mint's worst case, which waiters wait out,
+        // is then two send timeouts.
+        let read = Box::pin(kv.get(key).text());
+        let timeout = Delay::from(Duration::from_millis(self.send_timeout_ms));
+        match select(read, timeout).await {
+            Either::Left((Ok(value), _)) => value,
+            Either::Left((Err(e), _)) => {
                 worker::console_warn!("{{\"msg\":\"TOKENS read failed\",\"error\":{:?}}}", e.to_string());
+                None
+            }
+            Either::Right(_) => {
+                worker::console_warn!("{{\"msg\":\"TOKENS read timed out\",\"ms\":{}}}", self.send_timeout_ms);
                 None
             }
         }
@@ -114,27 +185,58 @@ impl Transport for WorkerTransport<'_> {
     }
 }
 
-/// Status, the headers the providers read, and the body of a fetch's answer.
-async fn read_response(response: JsValue) -> Result<(u16, Vec<(String, String)>, Vec<u8>), String> {
+/// Status, the headers the providers read, and the body of a fetch's
+/// answer: at most `MAX_ANSWER_BYTES` of it, or none (cancelled unread).
+async fn read_response(response: JsValue, answer_body: AnswerBody) -> Result<(u16, Vec<(String, String)>, Vec<u8>), String> {
     let response: web_sys::Response = response.dyn_into().map_err(|_| "fetch did not return a Response".to_string())?;
     let status = response.status();
     let success = (200..300).contains(&status);
     // `Retry-After` only matters on an error answer.
     let retry_after = if success { None } else { response.headers().get(RETRY_AFTER).ok().flatten() };
     let headers = retry_after.map(|v| vec![(RETRY_AFTER.to_string(), v)]).unwrap_or_default();
-    let body = match response.array_buffer() {
-        Ok(promise) => JsFuture::from(promise).await,
-        Err(e) => Err(e),
+    let Some(stream) = response.body() else {
+        return Ok((status, headers, Vec::new()));
     };
-    let body = match body {
-        Ok(buffer) => Uint8Array::new(&buffer).to_vec(),
+    if answer_body == AnswerBody::Cancel {
+        // Cancelling tells workerd to drop the connection's rest instead of
+        // buffering it; nothing waits for the endpoint to agree.
+        let _ = stream.cancel();
+        return Ok((status, headers, Vec::new()));
+    }
+    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    match read_capped(&reader, MAX_ANSWER_BYTES).await {
+        Ok(body) => Ok((status, headers, body)),
         // A success whose body was cut off is no success (a token
         // endpoint's answer without its token): retry it.
-        Err(e) if success => return Err(format!("the answer was cut off: {}", describe(e))),
+        Err(e) if success => Err(format!("the answer was cut off: {}", describe(e))),
         // An error status stands on its own; its unreadable reason is not needed.
-        Err(_) => Vec::new(),
-    };
-    Ok((status, headers, body))
+        Err(_) => Ok((status, headers, Vec::new())),
+    }
+}
+
+/// Read `reader` to its end or to `cap` bytes, whichever comes first; the
+/// rest of a longer stream is cancelled.
+async fn read_capped(reader: &ReadableStreamDefaultReader, cap: usize) -> Result<Vec<u8>, JsValue> {
+    let (done, value) = (JsValue::from_str("done"), JsValue::from_str("value"));
+    let mut body = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await?;
+        if Reflect::get(&chunk, &done)?.is_truthy() {
+            return Ok(body);
+        }
+        let bytes: Uint8Array = Reflect::get(&chunk, &value)?.dyn_into()?;
+        let room = cap - body.len();
+        let take = (bytes.length() as usize).min(room);
+        let start = body.len();
+        body.resize(start + take, 0);
+        if let Some(slot) = body.get_mut(start..) {
+            bytes.subarray(0, take as u32).copy_to(slot);
+        }
+        if body.len() >= cap {
+            let _ = reader.cancel();
+            return Ok(body);
+        }
+    }
 }
 
 /// A JS error as `worker::Error` words it (`TypeError: ...`), as before.

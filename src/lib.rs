@@ -3,6 +3,7 @@
 //! Everything but the worker shell (`shell`, `http`) is plain Rust that
 //! builds and tests on the host.
 
+pub mod bounded;
 pub mod config;
 pub mod dispatch;
 pub mod endpoints;
@@ -15,6 +16,8 @@ pub mod routes;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sygnal_import;
 pub mod tokens;
+#[cfg(test)]
+pub(crate) mod testing;
 
 #[cfg(target_arch = "wasm32")]
 mod http;

@@ -91,6 +91,7 @@ mod tests {
             tries: 3,
             token: Some(TokenSource::Minted),
             ms: 12,
+            rate_limited: false,
         };
         let p = data_point(&report, 502);
         assert_eq!(p.index, "apns");

@@ -60,7 +60,8 @@ fn load(env: &Env) -> Isolate {
     for overlap in &apps.overlaps {
         console_error!("{}", serde_json::json!({ "msg": "globs overlap", "apps": [overlap.first, overlap.second], "error": overlap.to_string() }));
     }
-    Isolate { apps, settings, tokens: TokenCache::default() }
+    let tokens = TokenCache::new(settings.send_timeout_ms);
+    Isolate { apps, settings, tokens }
 }
 
 #[event(start)]
@@ -87,6 +88,10 @@ fn into_response(reply: &Reply) -> Result<web_sys::Response> {
     let body = serde_json::to_string(&reply.body)?;
     let headers = web_sys::Headers::new()?;
     headers.set("content-type", "application/json")?;
+    // M_LIMIT_EXCEEDED carries `retry_after_ms`; HTTP clients read the header.
+    if let Some(ms) = reply.body.get("retry_after_ms").and_then(|v| v.as_u64()) {
+        headers.set("retry-after", &ms.div_ceil(1000).to_string())?;
+    }
     let init = web_sys::ResponseInit::new();
     init.set_status(reply.status);
     init.set_headers(&headers);
@@ -153,18 +158,21 @@ fn write_metrics(env: &Env, points: impl Iterator<Item = crate::metrics::DataPoi
 
 /// The body, read no further than `max` bytes. The bytes are counted even
 /// under a `content-length`: workerd passes one on beside
-/// `transfer-encoding: chunked`, so it may lie low.
+/// `transfer-encoding: chunked`, so it may lie low. A body refused as too
+/// large is cancelled, so the runtime drops the rest of the upload instead
+/// of leaving it unread on the connection.
 async fn read_body(req: web_sys::Request, max: usize) -> std::result::Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::TooLarge(format!("the body is over {max} bytes"));
     let unreadable = |e: JsValue| ApiError::BadJson(format!("could not read the body: {}", worker::Error::from(e)));
     let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return Err(too_large());
-    }
     let mut body = Vec::new();
     let Some(stream) = req.body() else {
         return Ok(body);
     };
+    if declared.is_some_and(|len| len > max as u64) {
+        let _ = stream.cancel();
+        return Err(too_large());
+    }
     // The reader by hand: `worker::ByteStream` (wasm-streams) costs about
     // 0.1 ms more CPU per request.
     let reader: web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
@@ -178,6 +186,7 @@ async fn read_body(req: web_sys::Request, max: usize) -> std::result::Result<Vec
         let start = body.len();
         let end = start + bytes.length() as usize;
         if end > max {
+            let _ = reader.cancel();
             return Err(too_large());
         }
         body.resize(end, 0);

@@ -14,7 +14,9 @@ use serde_json::{json, Map, Value};
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
 use super::style::{collapse_id, Style};
-use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Refusal, Secrets, UnixSecs, Verdict};
+use super::{
+    AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Refusal, Secrets, UnixSecs, Verdict,
+};
 use crate::config::{ApnsConfig, ApnsPlatform};
 use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
@@ -26,6 +28,11 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// Provider tokens are shared by every isolate for one window of this length.
 pub const TOKEN_WINDOW_SECS: u64 = 1800;
+
+/// The oldest a provider token is used: past its window only while one
+/// caller renews it. Apple refuses tokens older than an hour; ten minutes
+/// are left for clocks that disagree.
+pub const TOKEN_MAX_AGE_SECS: u64 = 3000;
 
 /// `apns-push-type` of pushes the user sees: the default.
 const ALERT: &str = "alert";
@@ -91,7 +98,12 @@ impl ApnsApp {
         }
         headers.push(("content-type".to_string(), "application/json".to_string()));
         Ok(Prepared {
-            request: OutRequest { url: format!("{}/3/device/{token}", self.origin()), headers, body: body.bytes },
+            request: OutRequest {
+                url: format!("{}/3/device/{token}", self.origin()),
+                headers,
+                body: body.bytes,
+                answer_body: AnswerBody::Read,
+            },
             // The key's fingerprint too: two apps may name the same key id
             // with different keys (a typo, a rotation), never sharing a token.
             token_key: Some(format!("apns:{}:{}:{}", self.config.team_id, self.config.key_id, self.key.id())),
@@ -114,9 +126,11 @@ impl ApnsApp {
         JwtToSign::new(self.key.clone(), Some(&self.config.key_id), None, &claims)
     }
 
-    /// A signed provider token, used until the end of its window.
+    /// A signed provider token, renewed at the end of its window and used
+    /// meanwhile (while one caller renews it) for at most `TOKEN_MAX_AGE_SECS`.
     pub fn token_from(&self, jwt: String, now: UnixSecs) -> MintedToken {
-        MintedToken { value: jwt, valid_until: TokenWindow::containing(now).end }
+        let window = TokenWindow::containing(now);
+        MintedToken { value: jwt, renew_at: window.end, valid_until: window.start.saturating_add(TOKEN_MAX_AGE_SECS) }
     }
 
     /// The origin `prepare` sends to: the platform's, production for `auto`.
@@ -1231,7 +1245,8 @@ mod tests {
         let a = app(base_config());
         let minted = a.mint(NOW).unwrap();
         let mark = NOW - NOW % 1800;
-        assert_eq!(minted.valid_until, mark + 1800);
+        assert_eq!(minted.renew_at, mark + 1800, "renewed at the next mark");
+        assert_eq!(minted.valid_until, mark + 3000, "used past it only while one caller renews, well within Apple's hour");
 
         let untrusted = UntrustedToken::new(&minted.value).unwrap();
         assert_eq!(untrusted.algorithm(), "ES256");

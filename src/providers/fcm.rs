@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 pub use super::fit::truncate_utf8;
 use super::jwt::{JwtKey, JwtToSign};
 use super::style::{self, collapse_id, Style, Urgency};
-use super::{MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
+use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
 use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
@@ -103,6 +103,7 @@ impl FcmApp {
                 url: format!("{origin}/v1/projects/{}/messages:send", self.config.project_id),
                 headers: vec![("content-type".into(), "application/json".into())],
                 body,
+                answer_body: AnswerBody::Read,
             },
             token_key: Some(self.token_key()),
         })
@@ -198,6 +199,7 @@ impl FcmApp {
             headers: vec![("content-type".into(), "application/x-www-form-urlencoded".into())],
             // The assertion is base64url and dots: nothing to escape.
             body: format!("grant_type={JWT_BEARER_GRANT}&assertion={assertion}").into_bytes(),
+            answer_body: AnswerBody::Read,
         }
     }
 
@@ -236,7 +238,10 @@ fn read_token_response(response: &ProviderResponse, now: UnixSecs) -> Result<Min
         .expires_in
         .saturating_sub(TOKEN_EXPIRY_MARGIN_SECS)
         .max(TOKEN_MIN_LIFETIME_SECS.min(grant.expires_in));
-    Ok(MintedToken { value: grant.access_token, valid_until: now.saturating_add(lifetime) })
+    // Renewed ahead: one caller fetches the next token while the others keep
+    // using this one.
+    let renew_at = now.saturating_add(lifetime - (lifetime / 2).min(TOKEN_EXPIRY_MARGIN_SECS));
+    Ok(MintedToken { value: grant.access_token, renew_at, valid_until: now.saturating_add(lifetime) })
 }
 
 #[derive(Deserialize)]
@@ -1296,8 +1301,10 @@ mod tests {
             .unwrap();
         assert_eq!(ok.value, "ya29.abc");
         assert_eq!(ok.valid_until, NOW + 3599 - 300);
+        assert_eq!(ok.renew_at, NOW + 3599 - 600, "renewed ahead, while it is still good");
         let short_lived = app.read_token_response(&response(200, r#"{"access_token":"t","expires_in":100}"#), NOW).unwrap();
         assert_eq!(short_lived.valid_until, NOW + 60);
+        assert_eq!(short_lived.renew_at, NOW + 30);
 
         let transient = Outcome::Transient { retry_after: None };
         let cases: &[(u16, &str, Outcome, &str)] = &[

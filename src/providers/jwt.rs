@@ -1,11 +1,17 @@
 //! Provider JWTs (APNs provider tokens, the FCM OAuth assertion, VAPID),
-//! built in one place and signed by whoever signs fastest.
+//! built in one place and signed where it suits each token.
 //!
 //! The signing input (`base64url(header).base64url(claims)`) is built here
-//! from each provider's claims type. The transport then signs it: in the
-//! worker with WebCrypto (an RS256 signature in wasm costs ~8 ms of CPU, in
-//! WebCrypto a fraction of that), on the host with jwt-compact, so tests
-//! verify tokens from both paths with the same jwt-compact verifier.
+//! from each provider's claims type. Then:
+//! - APNs provider tokens are signed here, in process, with ECDSA per
+//!   RFC 6979 (RustCrypto `p256`): the signature is a function of the key and
+//!   the claims, and the claims of a window are the same everywhere, so every
+//!   isolate that mints in the same 30-minute window makes the same token,
+//!   byte for byte, and Apple sees one token per window whatever KV does;
+//! - RS256 (the FCM assertion) and VAPID are signed in the worker by
+//!   WebCrypto (an RS256 signature in wasm costs ~8 ms of CPU, in WebCrypto a
+//!   fraction of that), on the host with jwt-compact, so tests verify tokens
+//!   from both paths with the same jwt-compact verifier.
 
 use std::fmt;
 use std::rc::Rc;
@@ -13,7 +19,7 @@ use std::rc::Rc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 #[cfg(not(target_arch = "wasm32"))]
-use jwt_compact::alg::{Es256, Rsa, StrongAlg, StrongKey};
+use jwt_compact::alg::{Rsa, StrongAlg, StrongKey};
 #[cfg(not(target_arch = "wasm32"))]
 use jwt_compact::{Algorithm as _, AlgorithmSignature as _};
 use p256::ecdsa::SigningKey;
@@ -45,12 +51,12 @@ impl JwtAlg {
 }
 
 enum InProcessKey {
-    #[cfg(not(target_arch = "wasm32"))]
-    Es256(SigningKey),
-    /// In the worker ES256 is signed by WebCrypto only: loading a key does
-    /// no curve arithmetic (see `es256_from_pkcs8_pem`).
-    #[cfg(target_arch = "wasm32")]
-    Es256,
+    /// The private scalar, checked in range when the key loads. Signing uses
+    /// it directly (`p256`'s ECDSA primitive, RFC 6979 nonces, the same
+    /// signature as `SigningKey`'s): a signing key would derive the public
+    /// key, a scalar multiplication nobody needs, and loading `APPS` does no
+    /// curve arithmetic at all.
+    Es256(p256::SecretKey),
     #[cfg(not(target_arch = "wasm32"))]
     Rs256(Box<StrongKey<RsaPrivateKey>>),
     /// In the worker RS256 is signed by WebCrypto only: the RSA arithmetic
@@ -66,6 +72,9 @@ pub struct JwtKey {
     /// public half, so it reveals nothing.
     id: String,
     pkcs8_der: Vec<u8>,
+    /// Signed in process everywhere (RFC 6979: the same claims give the same
+    /// token in every isolate), never by WebCrypto (whose ECDSA is randomised).
+    deterministic: bool,
     in_process: InProcessKey,
 }
 
@@ -76,6 +85,8 @@ impl fmt::Debug for JwtKey {
 }
 
 impl JwtKey {
+    /// An ES256 key signed by the runtime's signer (WebCrypto in the worker):
+    /// VAPID, whose tokens stay in one isolate and need not be reproducible.
     pub fn es256(key: SigningKey) -> Result<Self, String> {
         let secret = p256::SecretKey::from(&key);
         let der = secret.to_pkcs8_der().map_err(|e| format!("the key cannot be encoded as PKCS#8: {e}"))?;
@@ -84,30 +95,25 @@ impl JwtKey {
             alg: JwtAlg::Es256,
             id: key_id("es256", &public),
             pkcs8_der: der.as_bytes().to_vec(),
-            #[cfg(not(target_arch = "wasm32"))]
-            in_process: InProcessKey::Es256(key),
-            #[cfg(target_arch = "wasm32")]
-            in_process: InProcessKey::Es256,
+            deterministic: false,
+            in_process: InProcessKey::Es256(secret),
         })
     }
 
-    /// An ES256 key from a PKCS#8 PEM (an APNs `.p8`).
-    #[cfg(not(target_arch = "wasm32"))]
+    /// An ES256 key from a PKCS#8 PEM (an APNs `.p8`), signed in process and
+    /// deterministically. Its structure is checked (a P-256 private key, the
+    /// scalar in range) without curve arithmetic, unless the PEM lacks its
+    /// public key: loading `APPS` stays cheap, and the arithmetic waits for
+    /// the first mint.
     pub fn es256_from_pkcs8_pem(pem: &str) -> Result<Self, String> {
-        use p256::pkcs8::DecodePrivateKey as _;
-        Self::es256(SigningKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?)
-    }
-
-    /// The worker's ES256 key from a PKCS#8 PEM: its structure is checked (a
-    /// P-256 private key, the scalar in range) and it is kept as DER for
-    /// WebCrypto, which checks the key pair when it imports it (as for RSA).
-    /// No curve arithmetic unless the PEM lacks its public key: the first
-    /// scalar multiplication in an isolate costs ~8 ms of CPU, most of it
-    /// compiling the field arithmetic.
-    #[cfg(target_arch = "wasm32")]
-    pub fn es256_from_pkcs8_pem(pem: &str) -> Result<Self, String> {
-        let (der, public) = es256_pkcs8_parts(pem)?;
-        Ok(Self { alg: JwtAlg::Es256, id: key_id("es256", &public), pkcs8_der: der, in_process: InProcessKey::Es256 })
+        let (der, public, secret) = es256_pkcs8_parts(pem)?;
+        Ok(Self {
+            alg: JwtAlg::Es256,
+            id: key_id("es256", &public),
+            pkcs8_der: der,
+            deterministic: true,
+            in_process: InProcessKey::Es256(secret),
+        })
     }
 
     /// An RS256 key from a PEM, PKCS#8 (`PRIVATE KEY`, what Google issues)
@@ -126,6 +132,7 @@ impl JwtKey {
             alg: JwtAlg::Rs256,
             id,
             pkcs8_der: der.as_bytes().to_vec(),
+            deterministic: false,
             in_process: InProcessKey::Rs256(Box::new(strong)),
         })
     }
@@ -155,7 +162,13 @@ impl JwtKey {
         if modulus.len() * 8 < 2048 {
             return Err(rsa_size_error());
         }
-        Ok(Self { alg: JwtAlg::Rs256, id: key_id("rs256", modulus), pkcs8_der, in_process: InProcessKey::Rs256 })
+        Ok(Self {
+            alg: JwtAlg::Rs256,
+            id: key_id("rs256", modulus),
+            pkcs8_der,
+            deterministic: false,
+            in_process: InProcessKey::Rs256,
+        })
     }
 
     pub fn alg(&self) -> JwtAlg {
@@ -166,20 +179,32 @@ impl JwtKey {
         &self.id
     }
 
+    /// Whether this key's tokens must be signed in process (RFC 6979), never
+    /// by a randomised signer.
+    pub fn is_deterministic(&self) -> bool {
+        self.deterministic
+    }
+
     /// The private key as PKCS#8 DER, for a signer that imports it.
     pub fn pkcs8_der(&self) -> &[u8] {
         &self.pkcs8_der
     }
 
-    /// Sign with jwt-compact, in this process.
+    /// Sign in this process: ES256 with `p256` (deterministic, RFC 6979) on
+    /// every target, RS256 with jwt-compact on the host.
     pub fn sign_in_process(&self, message: &[u8]) -> Result<Vec<u8>, String> {
         match &self.in_process {
-            #[cfg(not(target_arch = "wasm32"))]
-            InProcessKey::Es256(key) => Ok(Es256.sign(key, message).as_bytes().to_vec()),
+            InProcessKey::Es256(secret) => {
+                use ecdsa::hazmat::{bits2field, SignPrimitive as _};
+                let z = bits2field::<p256::NistP256>(&Sha256::digest(message)).map_err(|e| e.to_string())?;
+                let (signature, _) =
+                    secret.to_nonzero_scalar().try_sign_prehashed_rfc6979::<Sha256>(&z, &[]).map_err(|e| e.to_string())?;
+                Ok(signature.to_bytes().to_vec())
+            }
             #[cfg(not(target_arch = "wasm32"))]
             InProcessKey::Rs256(key) => Ok(StrongAlg(Rsa::rs256()).sign(key.as_ref(), message).as_bytes().to_vec()),
             #[cfg(target_arch = "wasm32")]
-            InProcessKey::Es256 | InProcessKey::Rs256 => {
+            InProcessKey::Rs256 => {
                 let _ = message;
                 Err(format!("{} is signed by WebCrypto in the worker", self.alg.name()))
             }
@@ -187,10 +212,9 @@ impl JwtKey {
     }
 }
 
-/// A P-256 PKCS#8 PEM's DER and its public key (SEC1), the public key taken
-/// from the DER when present (WebCrypto checks that it matches).
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn es256_pkcs8_parts(pem: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+/// A P-256 PKCS#8 PEM's DER, its public key (SEC1) and its private scalar,
+/// the public key taken from the DER when present.
+fn es256_pkcs8_parts(pem: &str) -> Result<(Vec<u8>, Vec<u8>, p256::SecretKey), String> {
     use p256::elliptic_curve::ALGORITHM_OID;
     use p256::pkcs8::der::Decode as _;
     use p256::pkcs8::{AssociatedOid as _, PrivateKeyInfo};
@@ -206,7 +230,7 @@ fn es256_pkcs8_parts(pem: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
         Some(public) => public.to_vec(),
         None => secret.public_key().to_sec1_bytes().to_vec(),
     };
-    Ok((der, public))
+    Ok((der, public, secret))
 }
 
 fn rsa_size_error() -> String {
@@ -268,6 +292,7 @@ fn b64_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Erro
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use jwt_compact::alg::Es256;
     use jwt_compact::{AlgorithmExt as _, UntrustedToken};
     use serde::Deserialize;
 
@@ -300,14 +325,15 @@ mod tests {
     }
 
     #[test]
-    fn worker_es256_parts_match_the_full_parse() {
-        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+    fn pkcs8_parts_match_the_full_parse() {
+        use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, LineEnding};
         let secret = p256::SecretKey::from_slice(&[5u8; 32]).unwrap();
         let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
-        let full = JwtKey::es256_from_pkcs8_pem(&pem).unwrap();
-        let (der, public) = es256_pkcs8_parts(&pem).unwrap();
+        let full = JwtKey::es256(SigningKey::from_pkcs8_pem(&pem).unwrap()).unwrap();
+        let (der, public, scalar) = es256_pkcs8_parts(&pem).unwrap();
         assert_eq!(key_id("es256", &public), full.id());
         assert_eq!(der, full.pkcs8_der());
+        assert_eq!(scalar.to_bytes(), secret.to_bytes());
         // Without its public key, the key's id is the same (derived).
         let scalar = secret.to_bytes();
         let bare = sec1::EcPrivateKey { private_key: &scalar, parameters: None, public_key: None };
@@ -322,5 +348,38 @@ mod tests {
         let rsa_like = pem.replace("PRIVATE KEY", "RSA PRIVATE KEY");
         assert!(es256_pkcs8_parts(&rsa_like).is_err());
         assert!(es256_pkcs8_parts("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        let zero_scalar = sec1::der::Encode::to_der(&sec1::EcPrivateKey { private_key: &[0u8; 32], parameters: None, public_key: None }).unwrap();
+        let zero_pem = p256::pkcs8::der::EncodePem::to_pem(&p256::pkcs8::PrivateKeyInfo::new(algorithm, &zero_scalar), LineEnding::LF).unwrap();
+        assert!(es256_pkcs8_parts(&zero_pem).unwrap_err().contains("out of range"));
     }
+
+    /// APNs tokens: the same key and claims give the same token, from two
+    /// separately loaded copies of the key (two isolates), and it verifies.
+    #[test]
+    fn a_p8_signs_deterministically_and_lazily() {
+        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+        let secret = p256::SecretKey::from_slice(&[9u8; 32]).unwrap();
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let (a, b) = (Rc::new(JwtKey::es256_from_pkcs8_pem(&pem).unwrap()), Rc::new(JwtKey::es256_from_pkcs8_pem(&pem).unwrap()));
+        assert!(a.is_deterministic());
+        let claims = WithIat { iss: "TEAM", iat: 1_800_000_000 };
+        let token_a = JwtToSign::new(a.clone(), Some("KEY"), None, &claims).unwrap().sign_in_process().unwrap();
+        let token_b = JwtToSign::new(b, Some("KEY"), None, &claims).unwrap().sign_in_process().unwrap();
+        assert_eq!(token_a, token_b);
+        // The signature RustCrypto's SigningKey makes (RFC 6979), byte for byte.
+        let input = JwtToSign::new(a.clone(), Some("KEY"), None, &claims).unwrap().signing_input;
+        let expected: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&SigningKey::from(&secret), input.as_bytes());
+        assert_eq!(a.sign_in_process(input.as_bytes()).unwrap(), expected.to_bytes().to_vec());
+        let later = WithIat { iss: "TEAM", iat: 1_800_001_800 };
+        let token_later = JwtToSign::new(a, Some("KEY"), None, &later).unwrap().sign_in_process().unwrap();
+        assert_ne!(token_a, token_later, "another window, another token");
+        let verifying = *SigningKey::from(&secret).verifying_key();
+        for token in [&token_a, &token_later] {
+            let untrusted = UntrustedToken::new(token).unwrap();
+            Es256.validator::<Claims>(&verifying).validate(&untrusted).unwrap();
+        }
+        // VAPID keys are not bound to be reproducible: WebCrypto signs them in the worker.
+        assert!(!JwtKey::es256(SigningKey::from(&secret)).unwrap().is_deterministic());
+    }
+
 }

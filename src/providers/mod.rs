@@ -49,6 +49,18 @@ pub struct OutRequest {
     /// Header names in lowercase.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Whether the answer's body is read (up to the transport's cap).
+    pub answer_body: AnswerBody,
+}
+
+/// What the sender does with the body of a provider's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerBody {
+    /// Read, up to the transport's cap: a token or an error's reason is in it.
+    Read,
+    /// Cancelled unread: the verdict is in the status (WebPush, UnifiedPush),
+    /// so an endpoint cannot make us download anything.
+    Cancel,
 }
 
 impl OutRequest {
@@ -71,6 +83,7 @@ impl fmt::Debug for OutRequest {
             .field("url", &self.url)
             .field("headers", &names)
             .field("body_len", &self.body.len())
+            .field("answer_body", &self.answer_body)
             .finish()
     }
 }
@@ -94,8 +107,12 @@ impl ProviderResponse {
 
     /// `Retry-After` in seconds (HTTP dates are ignored), capped.
     pub fn retry_after(&self) -> Option<Duration> {
-        let secs: u64 = self.header("retry-after")?.trim().parse().ok()?;
-        Some(Duration::from_secs(secs).min(RETRY_AFTER_CAP))
+        Some(Duration::from_secs(self.retry_after_secs()?).min(RETRY_AFTER_CAP))
+    }
+
+    /// `Retry-After` in seconds as the provider said it (HTTP dates are ignored).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.header("retry-after")?.trim().parse().ok()
     }
 }
 
@@ -171,17 +188,20 @@ pub struct Prepared {
     pub token_key: Option<String>,
 }
 
-/// A credential and until when it may be used.
+/// A credential, when to renew it and until when it may be used.
 #[derive(Clone, PartialEq, Eq)]
 pub struct MintedToken {
     pub value: String,
+    /// From this second on, one caller renews the token while the others
+    /// keep using it (at most `valid_until`).
+    pub renew_at: UnixSecs,
     /// Use until this second (exclusive).
     pub valid_until: UnixSecs,
 }
 
 impl fmt::Debug for MintedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MintedToken(<redacted>, valid_until={})", self.valid_until)
+        write!(f, "MintedToken(<redacted>, renew_at={}, valid_until={})", self.renew_at, self.valid_until)
     }
 }
 
@@ -237,6 +257,15 @@ impl App {
         }
     }
 
+    /// Whether this app's credentials may be shared through the `TOKENS` KV
+    /// namespace. APNs keys and FCM service accounts are named by `APPS`, so
+    /// their number is the operator's; VAPID tokens are one per push service
+    /// origin, which devices choose, so they stay in isolate memory and no
+    /// device can spend KV writes.
+    pub fn shares_tokens_through_kv(&self) -> bool {
+        matches!(self, App::Apns(_) | App::Fcm(_))
+    }
+
     /// The first step of minting the credential named by `prepared.token_key`:
     /// the JWT to sign.
     pub fn mint(&self, prepared: &Prepared, now: UnixSecs) -> Result<Mint, Verdict> {
@@ -278,13 +307,13 @@ impl App {
         out
     }
 
-    /// What the provider's answer means for this device.
-    pub fn classify(&self, response: &ProviderResponse) -> Verdict {
+    /// What the provider's answer to `request` means for this device.
+    pub fn classify(&self, request: &OutRequest, response: &ProviderResponse, now: UnixSecs) -> Verdict {
         match self {
             App::Apns(_) => apns::classify(response),
             App::Fcm(_) => fcm::classify(response),
             App::WebPush(_) => webpush::classify(response),
-            App::UnifiedPush(_) => unifiedpush::classify(response),
+            App::UnifiedPush(a) => a.classify(request, response, now),
         }
     }
 }
@@ -311,7 +340,7 @@ mod tests {
 
     #[test]
     fn out_request_debug_hides_header_values() {
-        let mut r = OutRequest { url: "https://x".into(), headers: vec![], body: vec![] };
+        let mut r = OutRequest { url: "https://x".into(), headers: vec![], body: vec![], answer_body: AnswerBody::Read };
         r.set_header("Authorization", "bearer SECRET".into());
         assert_eq!(r.header("authorization"), Some("bearer SECRET"));
         assert!(!format!("{r:?}").contains("SECRET"));

@@ -1,17 +1,40 @@
 //! UnifiedPush: the pushkey is the endpoint URL the device's distributor
 //! (ntfy, NextPush, …) handed out; the notification is POSTed there as JSON.
+//!
+//! The UnifiedPush server specification's rules for an application server:
+//! an endpoint is an http(s) URL of at most 1000 bytes; redirects are not
+//! followed (no request is); the answer's body and headers may be ignored
+//! (the worker cancels the body unread); after a 429 the endpoint is left
+//! alone for its `Retry-After`, remembered per endpoint, not per host.
+
+use std::cell::RefCell;
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use sha2::{Digest as _, Sha256};
 
 use super::fit::Fit;
 use super::style::Style;
-use super::{OutRequest, Outcome, Prepared, ProviderResponse, UnixSecs, Verdict};
+use super::{AnswerBody, OutRequest, Outcome, Prepared, ProviderResponse, UnixSecs, Verdict};
+use crate::bounded::BoundedMap;
 use crate::config::UnifiedPushConfig;
 use crate::endpoints::AllowedEndpoints;
 use crate::notify::{Device, Kind, Notification};
 
 /// UnifiedPush distributors, like WebPush services, take 4096 bytes.
 pub const MAX_BODY: usize = 4096;
+
+/// The specification: "An endpoint's length MUST be less than or equal to
+/// 1000 bytes."
+pub const MAX_ENDPOINT_BYTES: usize = 1000;
+
+/// Endpoints remembered as asking to be left alone (a 429). Beyond this the
+/// least recently used is forgotten (and may be sent to before its time).
+pub const MAX_HELD_ENDPOINTS: usize = 1024;
+/// How long a 429 without a usable `Retry-After` holds its endpoint.
+pub const DEFAULT_HOLD_SECS: u64 = 10;
+/// The longest `Retry-After` honoured: a bogus one cannot silence a device for days.
+pub const MAX_HOLD_SECS: u64 = 3600;
 
 /// `{"notification": …}` in at most `MAX_BODY` bytes: the texts of
 /// `content`, at any depth, and the room and sender names are cut, the
@@ -25,11 +48,23 @@ const FIT: Fit<'static> = Fit {
 /// What event_id_only devices receive: "ids, counts and `prio`".
 const EVENT_ID_ONLY_KEYS: &[&str] = &["event_id", "room_id", "counts", "prio"];
 
-/// A `unifiedpush` app: only an endpoint policy.
+/// A `unifiedpush` app: an endpoint policy, and the endpoints that asked
+/// to be left alone (isolate memory).
 #[derive(Debug)]
 pub struct UnifiedPushApp {
     endpoints: AllowedEndpoints,
     send_badge_counts: bool,
+    /// Endpoint (hashed) → until when it is not sent to.
+    held: RefCell<BoundedMap<[u8; 16], UnixSecs>>,
+}
+
+/// An endpoint's key in `held`: a digest, so a held entry is small whatever
+/// the URL, and no endpoint can collide with another on purpose.
+fn endpoint_key(url: &str) -> [u8; 16] {
+    let digest = Sha256::digest(url.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(digest.get(..16).unwrap_or_default());
+    key
 }
 
 impl UnifiedPushApp {
@@ -37,16 +72,58 @@ impl UnifiedPushApp {
         Ok(Self {
             endpoints: AllowedEndpoints::from_config(config.allowed_endpoints.as_deref())?,
             send_badge_counts: config.send_badge_counts,
+            held: RefCell::new(BoundedMap::new(MAX_HELD_ENDPOINTS)),
         })
+    }
+
+    /// How many endpoints are held now (for tests of the bound).
+    pub fn held_endpoints(&self) -> usize {
+        self.held.borrow().len()
+    }
+
+    /// The verdict for the endpoint's answer; a 429 holds the endpoint for
+    /// its `Retry-After` (at most `MAX_HOLD_SECS`, `DEFAULT_HOLD_SECS` when
+    /// absent or a date).
+    pub fn classify(&self, request: &OutRequest, response: &ProviderResponse, now: UnixSecs) -> Verdict {
+        if response.status != 429 {
+            return classify(response);
+        }
+        let secs = response.retry_after_secs().unwrap_or(DEFAULT_HOLD_SECS).min(MAX_HOLD_SECS);
+        if secs > 0 {
+            self.held.borrow_mut().insert(endpoint_key(&request.url), now.saturating_add(secs));
+        }
+        Verdict::new(
+            Outcome::Transient { retry_after: Some(Duration::from_secs(secs)) },
+            format!("endpoint: 429, left alone for {secs} s"),
+        )
     }
 
     /// DESIGN.md: "POST `{"notification": {...}}` there — the notification
     /// without `devices`, trimmed to 4096 bytes". `devices` stays out because
     /// it would hand one device's distributor every other device's pushkey;
     /// `counts` stays out when the device's counts are off.
-    pub fn prepare(&self, n: &Notification, d: &Device, _now: UnixSecs) -> Result<Prepared, Verdict> {
+    pub fn prepare(&self, n: &Notification, d: &Device, now: UnixSecs) -> Result<Prepared, Verdict> {
         let url = d.pushkey.as_str();
+        if url.len() > MAX_ENDPOINT_BYTES {
+            return Err(Verdict::rejected(format!("pushkey: an endpoint is at most {MAX_ENDPOINT_BYTES} bytes")));
+        }
         self.endpoints.check(url).map_err(|e| Verdict::rejected(format!("pushkey: {e}")))?;
+        if !self.held.borrow().is_empty() {
+            let key = endpoint_key(url);
+            let mut held = self.held.borrow_mut();
+            match held.get_mut(&key).map(|until| *until) {
+                Some(until) if now < until => {
+                    return Err(Verdict::transient(format!(
+                        "endpoint: asked to be left alone for {} s more (429 Retry-After); not sent",
+                        until - now
+                    )));
+                }
+                Some(_) => {
+                    held.remove(&key);
+                }
+                None => {}
+            }
+        }
         let mut notification: Map<String, Value> = match n.kind_for(d) {
             Kind::EventIdOnly => n
                 .raw_without_devices
@@ -68,6 +145,8 @@ impl UnifiedPushApp {
                 url: url.to_string(),
                 headers: vec![("content-type".to_string(), "application/json".to_string())],
                 body,
+                // "The body and headers of a push response can be ignored."
+                answer_body: AnswerBody::Cancel,
             },
             token_key: None,
         })
@@ -272,6 +351,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn endpoints_over_1000_bytes_are_rejected_and_answers_are_not_read() {
+        let a = app(json!(["ntfy.example.net"]));
+        let base = format!("{ENDPOINT}&pad=");
+        let exact = format!("{base}{}", "p".repeat(1000 - base.len()));
+        let n = fixture("message-ios.json", &exact, json!({}));
+        let prepared = a.prepare(&n, &n.devices[0], 0).unwrap();
+        assert_eq!(prepared.request.answer_body, AnswerBody::Cancel, "the spec lets the answer's body be ignored");
+        let over = format!("{exact}p");
+        let n = fixture("message-ios.json", &over, json!({}));
+        let verdict = a.prepare(&n, &n.devices[0], 0).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Rejected);
+        assert!(verdict.reason.contains("1000 bytes"), "{}", verdict.reason);
+    }
+
+    #[test]
+    fn after_a_429_the_endpoint_is_left_alone_for_its_retry_after() {
+        let a = app(json!(["ntfy.example.net"]));
+        let n = fixture("message-ios.json", ENDPOINT, json!({}));
+        let other = fixture("message-ios.json", "https://ntfy.example.net/upOther", json!({}));
+        let prepared = a.prepare(&n, &n.devices[0], 1000).unwrap();
+        let answer = |retry_after: Option<&str>| ProviderResponse {
+            status: 429,
+            headers: retry_after.map(|v| vec![("retry-after".to_string(), v.to_string())]).unwrap_or_default(),
+            body: vec![],
+        };
+        let verdict = a.classify(&prepared.request, &answer(Some("120")), 1000);
+        assert_eq!(verdict.outcome, Outcome::Transient { retry_after: Some(Duration::from_secs(120)) });
+        let held = a.prepare(&n, &n.devices[0], 1119).unwrap_err();
+        assert_eq!(held.outcome, Outcome::Transient { retry_after: None }, "transient, without a request");
+        assert!(a.prepare(&other, &other.devices[0], 1001).is_ok(), "per endpoint, not per host");
+        assert!(a.prepare(&n, &n.devices[0], 1120).is_ok(), "its time is up");
+        assert_eq!(a.held_endpoints(), 0, "forgotten once over");
+
+        // No Retry-After (or a date): a short default; an absurd one: capped.
+        a.classify(&prepared.request, &answer(None), 2000);
+        assert!(a.prepare(&n, &n.devices[0], 2000 + DEFAULT_HOLD_SECS - 1).is_err());
+        assert!(a.prepare(&n, &n.devices[0], 2000 + DEFAULT_HOLD_SECS).is_ok());
+        a.classify(&prepared.request, &answer(Some("999999999")), 3000);
+        assert!(a.prepare(&n, &n.devices[0], 3000 + MAX_HOLD_SECS).is_ok());
+        // Retry-After: 0 holds nothing.
+        let verdict = a.classify(&prepared.request, &answer(Some("0")), 4000);
+        assert_eq!(verdict.outcome, Outcome::Transient { retry_after: Some(Duration::ZERO) });
+        assert!(a.prepare(&n, &n.devices[0], 4000).is_ok());
+
+        // Memory stays bounded whatever the number of endpoints.
+        for i in 0..5000 {
+            let request = OutRequest { url: format!("https://ntfy.example.net/up{i}"), ..prepared.request.clone() };
+            a.classify(&request, &answer(Some("600")), 5000);
+            assert!(a.held_endpoints() <= MAX_HELD_ENDPOINTS);
+        }
+        assert_eq!(a.held_endpoints(), MAX_HELD_ENDPOINTS);
     }
 
     #[test]

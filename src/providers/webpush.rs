@@ -25,7 +25,7 @@ use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
 use super::style::{Style, Urgency};
 use super::{
-    normalize_pem, require_secret, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
+    normalize_pem, require_secret, AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
     Verdict,
 };
 use crate::config::WebPushConfig;
@@ -46,9 +46,11 @@ pub const MAX_PLAINTEXT: usize = RECORD_SIZE - HEADER_LEN - 1 - TAG_LEN;
 const LAST_RECORD_DELIMITER: u8 = 2;
 
 /// RFC 8292: `exp` "MUST NOT be more than 24 hours from the time of the
-/// request". We reuse a token for 12 h and sign it for an hour beyond that,
-/// so the last send that uses it is still covered.
+/// request". We renew a token after 12 h (keeping it for half an hour more
+/// while one caller renews it) and sign it for an hour beyond that, so the
+/// last send that uses it is still covered.
 const VAPID_REUSE_SECS: u64 = 12 * 3600;
+const VAPID_USE_SECS: u64 = VAPID_REUSE_SECS + 1800;
 const VAPID_LIFETIME_SECS: u64 = VAPID_REUSE_SECS + 3600;
 
 const DEFAULT_TTL_SECS: u64 = 900;
@@ -165,7 +167,9 @@ impl WebPushApp {
             headers.push(("topic".to_string(), topic(room_id)));
         }
         let token_key = Some(format!("vapid:{}:{}", self.key.fingerprint(), subscription.endpoint.origin()));
-        Ok(Prepared { request: OutRequest { url: subscription.url, headers, body }, token_key })
+        // RFC 8030 push services answer with an empty body; nothing reads one.
+        let request = OutRequest { url: subscription.url, headers, body, answer_body: AnswerBody::Cancel };
+        Ok(Prepared { request, token_key })
     }
 
     /// A VAPID token for the origin of `prepared`'s endpoint.
@@ -187,9 +191,14 @@ impl WebPushApp {
         JwtToSign::new(self.key.signing.clone(), None, Some("JWT"), &claims)
     }
 
-    /// A signed VAPID token, reused for [`VAPID_REUSE_SECS`].
+    /// A signed VAPID token, reused for [`VAPID_REUSE_SECS`]. It stays in
+    /// isolate memory (see `App::shares_tokens_through_kv`).
     pub fn token_from(&self, jwt: String, now: UnixSecs) -> MintedToken {
-        MintedToken { value: jwt, valid_until: now.saturating_add(VAPID_REUSE_SECS) }
+        MintedToken {
+            value: jwt,
+            renew_at: now.saturating_add(VAPID_REUSE_SECS),
+            valid_until: now.saturating_add(VAPID_USE_SECS),
+        }
     }
 
     /// RFC 8292 section 3: `vapid t=<JWT>, k=<public key>`.
@@ -814,7 +823,8 @@ mod tests {
         let prepared = app.prepare(&n, &n.devices[0], 0).unwrap();
         let now = 1_800_000_000;
         let minted = app.mint(&prepared, now).unwrap();
-        assert_eq!(minted.valid_until, now + 12 * 3600);
+        assert_eq!(minted.renew_at, now + 12 * 3600);
+        assert_eq!(minted.valid_until, now + 12 * 3600 + 1800);
 
         let public = SecretKey::from_slice(&VAPID_PRIVATE).unwrap().public_key();
         let verifying = p256::ecdsa::VerifyingKey::from(&public);

@@ -115,6 +115,8 @@ export const ANSWERS = {
 /** Named answers of the token endpoint, e.g. `tokenAnswer(["down", "ok"])`. */
 export const TOKEN_ANSWERS = {
   ok: { status: 200 },
+  /** A token, after 1.5 s (a slow token endpoint). */
+  slow: { status: 200, delayMs: 1500 },
   down: { status: 503, body: { error: "unavailable" } },
   invalid_grant: { status: 400, body: { error: "invalid_grant", error_description: "Invalid JWT Signature." } },
 };
@@ -188,7 +190,7 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
       `send: ${why}`,
     );
 
-  const exchange = (req) => {
+  const exchange = async (req) => {
     tokenRequests += 1;
     if (req.method !== "POST") return refuse({ status: 405 }, `token: ${req.method}`);
     if (!(req.headers["content-type"] ?? "").startsWith("application/x-www-form-urlencoded")) {
@@ -225,6 +227,7 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
     assertions.push({ header, claims });
 
     const answer = tokenScript.nextAnswer("token", TOKEN_ANSWERS);
+    if (answer.delayMs) await new Promise((resolve) => setTimeout(resolve, answer.delayMs));
     if (answer.status !== 200) return answer;
     serial += 1;
     const accessToken = forbidInLogs("tokens", `ya29.fake-${serial}-${crypto.randomBytes(8).toString("hex")}`);

@@ -30,8 +30,9 @@ export const TEST_KNOBS = { RETRY_BASE_MS: "1", MAX_TRIES: "3", SEND_TIMEOUT_MS:
  *   `vars`: knobs, merged over TEST_KNOBS.
  *   `kv`: bind the TOKENS namespace (default true).
  *   `metrics`: bind an Analytics Engine dataset as METRICS (default false).
+ *   `miniflare`: more Miniflare options, e.g. `{ ratelimits: {...} }`.
  */
-export async function startWorker({ apps, appsAsString = false, secrets = {}, vars = {}, kv = true, metrics = false } = {}) {
+export async function startWorker({ apps, appsAsString = false, secrets = {}, vars = {}, kv = true, metrics = false, miniflare = {} } = {}) {
   if (!fs.existsSync(SCRIPT)) {
     throw new Error(`${path.relative(ROOT, SCRIPT)} is missing: run scripts/build first (scripts/test does)`);
   }
@@ -50,6 +51,7 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
     kvNamespaces: kv ? ["TOKENS"] : [],
     // Miniflare's local Analytics Engine accepts data points and drops them.
     ...(metrics ? { analyticsEngineDatasets: { METRICS: { dataset: "edgepush" } } } : {}),
+    ...miniflare,
     bindings,
     handleStructuredLogs: ({ level, message }) => {
       logs.push({ level, message });
