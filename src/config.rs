@@ -168,6 +168,55 @@ pub struct FcmConfig {
     pub fcm_notification: bool,
 }
 
+/// `"type": "hms"` (Huawei Push Kit, the Android server API).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmsConfig {
+    /// Huawei's app id from AppGallery Connect, which is also the OAuth
+    /// client id (not the Matrix `app_id` that keys `APPS`). A JSON number
+    /// is accepted too.
+    #[serde(deserialize_with = "hms_app_id")]
+    pub hms_app_id: String,
+    /// Name of the secret holding the app secret (the OAuth client secret).
+    pub app_secret_secret: String,
+    /// Huawei's self-classification of the app's high-priority data
+    /// messages (`IM`, `VOIP`, …); without it every message goes at
+    /// `NORMAL` urgency.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// `android.collapse_key`: Huawei's cache group for a device that is
+    /// offline (-1 to 100); absent: Huawei's default.
+    #[serde(default, deserialize_with = "collapse_key")]
+    pub collapse_key: Option<i64>,
+    #[serde(default)]
+    pub url: Option<Origin>,
+    /// The OAuth token endpoint, replacing Huawei's (e.g. a test server).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// `false`: no badge counts in any push (Sygnal 0.17's name).
+    #[serde(default = "yes")]
+    pub send_badge_counts: bool,
+}
+
+/// `hms_app_id`: a string, or an integer read as its decimal string
+/// (AppGallery Connect shows the id as a number).
+fn hms_app_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) if n.is_u64() => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!("hms_app_id: expected a string or a positive integer, not {other}"))),
+    }
+}
+
+/// `collapse_key`: an integer (its range is checked with the app).
+fn collapse_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) if n.is_i64() => Ok(n.as_i64()),
+        other => Err(serde::de::Error::custom(format!("collapse_key: expected an integer from -1 to 100, not {other}"))),
+    }
+}
+
 /// `"type": "webpush"`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +261,7 @@ pub enum AppConfig {
     Fcm(FcmConfig),
     Webpush(WebPushConfig),
     Unifiedpush(UnifiedPushConfig),
+    Hms(HmsConfig),
 }
 
 impl AppConfig {
@@ -219,9 +269,9 @@ impl AppConfig {
     pub fn parse(value: &Value) -> Result<Self, String> {
         let obj = value.as_object().ok_or("the entry must be a JSON object")?;
         match obj.get("type") {
-            None => return Err("missing field `type` (one of apns, fcm, webpush, unifiedpush)".into()),
-            Some(Value::String(t)) if !["apns", "fcm", "webpush", "unifiedpush"].contains(&t.as_str()) => {
-                return Err(format!("unknown type {t:?} (expected one of apns, fcm, webpush, unifiedpush)"))
+            None => return Err("missing field `type` (one of apns, fcm, webpush, unifiedpush, hms)".into()),
+            Some(Value::String(t)) if !["apns", "fcm", "webpush", "unifiedpush", "hms"].contains(&t.as_str()) => {
+                return Err(format!("unknown type {t:?} (expected one of apns, fcm, webpush, unifiedpush, hms)"))
             }
             Some(Value::String(_)) => {}
             Some(_) => return Err("field `type` must be a string".into()),
@@ -236,6 +286,7 @@ impl AppConfig {
             AppConfig::Fcm(c) => vec![c.service_account_secret.as_str()],
             AppConfig::Webpush(c) => vec![c.vapid_private_key_secret.as_str()],
             AppConfig::Unifiedpush(_) => vec![],
+            AppConfig::Hms(c) => vec![c.app_secret_secret.as_str()],
         }
     }
 }
@@ -573,6 +624,10 @@ mod tests {
             (json!({"type": "unifiedpush", "send_badge_counts": "no"}), "boolean"),
             (json!({"type": "unifiedpush", "collapse_per_room": true}), "collapse_per_room"),
             (json!({"type": "webpush", "vapid_private_key_secret": "K", "vapid_contact": "mailto:a@b", "fcm_notification": true}), "fcm_notification"),
+            (json!({"type": "hms", "app_secret_secret": "S"}), "hms_app_id"),
+            (json!({"type": "hms", "hms_app_id": "1", "app_secret_secret": "S", "project_id": "p"}), "project_id"),
+            (json!({"type": "hms", "hms_app_id": -1, "app_secret_secret": "S"}), "hms_app_id"),
+            (json!({"type": "hms", "hms_app_id": "1", "app_secret_secret": "S", "collapse_key": "room"}), "collapse_key"),
         ];
         for (value, needle) in cases {
             let err = AppConfig::parse(&value).unwrap_err();
@@ -628,7 +683,10 @@ mod tests {
             "type": "webpush", "vapid_private_key_secret": "VAPID_KEY",
             "vapid_contact": "mailto:ops@example.com", "allowed_endpoints": ["*.push.example.net"]
           },
-          "*.up": { "type": "unifiedpush", "allowed_endpoints": ["ntfy.example.net"] }
+          "*.up": { "type": "unifiedpush", "allowed_endpoints": ["ntfy.example.net"] },
+          "com.example.app.huawei": {
+            "type": "hms", "hms_app_id": "104123456", "app_secret_secret": "HMS_APP_SECRET", "category": "IM"
+          }
         });
         for (id, v) in apps.as_object().unwrap() {
             AppConfig::parse(v).unwrap_or_else(|e| panic!("{id}: {e}"));

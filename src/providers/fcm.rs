@@ -383,6 +383,31 @@ fn is_reserved_data_key(key: &str) -> bool {
         || lower.starts_with("gcm")
 }
 
+/// How a provider counts the bytes of a `data` map, given as its entries,
+/// against its limit.
+pub type DataSize = fn(&[(&str, &str)]) -> usize;
+
+/// FCM counts the keys and values of `data`.
+pub fn keys_and_values(entries: &[(&str, &str)]) -> usize {
+    entries.iter().map(|(k, v)| k.len().saturating_add(v.len())).sum()
+}
+
+/// FCM's `data` fields for a device that may get `counts`, without operator
+/// data, within `budget` bytes as `size` counts them: for a provider that
+/// carries the same fields in another envelope (HMS sends them as one JSON
+/// string).
+pub fn data_within(
+    n: &Notification,
+    d: &Device,
+    counts: Counts,
+    size: DataSize,
+    budget: usize,
+) -> Result<Map<String, Value>, Verdict> {
+    let mut data = data_entries(n, d, counts, None)?;
+    data.fit_by(size, budget)?;
+    Ok(data.into_map())
+}
+
 /// The `data` map alone, fitted to [`MAX_DATA_BYTES`], for a device whose
 /// counts are on and an app without `fcm_notification`: any operator `data`
 /// can be given, so the property tests check FCM's rules through it.
@@ -552,8 +577,9 @@ impl DataBuilder {
         }
     }
 
-    fn size(&self) -> usize {
-        self.entries.iter().map(|(k, (v, _))| k.len().saturating_add(v.len())).sum()
+    fn size(&self, size: DataSize) -> usize {
+        let entries: Vec<(&str, &str)> = self.entries.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())).collect();
+        size(&entries)
     }
 
     /// Bytes of the entries kept at least as firmly as `keep`.
@@ -569,8 +595,13 @@ impl DataBuilder {
     /// one, until `data` fits. If only what is always kept is left and it
     /// still does not fit, the device's `default_payload` is to blame.
     fn fit(&mut self, budget: usize) -> Result<(), Verdict> {
+        self.fit_by(keys_and_values, budget)
+    }
+
+    /// [`Self::fit`] with the bytes counted by `size`.
+    fn fit_by(&mut self, size: DataSize, budget: usize) -> Result<(), Verdict> {
         loop {
-            let excess = self.size().saturating_sub(budget);
+            let excess = self.size(size).saturating_sub(budget);
             if excess == 0 {
                 return Ok(());
             }
@@ -582,7 +613,7 @@ impl DataBuilder {
                 .map(|(key, _)| key.clone());
             let Some(victim) = victim else {
                 return Err(Verdict::rejected(format!(
-                    "data is over FCM's {budget} bytes even with only ids, counts and default_payload"
+                    "data is over {budget} bytes even with only ids, counts and default_payload"
                 )));
             };
             let Some((value, _)) = self.entries.get_mut(&victim) else {

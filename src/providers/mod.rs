@@ -8,6 +8,7 @@
 pub mod apns;
 pub mod fcm;
 mod fit;
+pub mod hms;
 pub mod jwt;
 pub mod style;
 pub mod unifiedpush;
@@ -212,7 +213,7 @@ pub enum Mint {
     Ready(MintedToken),
     /// A JWT to sign (by the transport's signer); then call `App::signed`.
     Sign(jwt::JwtToSign),
-    /// Exchanged over HTTP (FCM OAuth): send this, then `finish_exchange`.
+    /// Exchanged over HTTP (FCM and HMS OAuth): send this, then `finish_exchange`.
     Exchange(OutRequest),
 }
 
@@ -222,6 +223,7 @@ pub enum App {
     Fcm(fcm::FcmApp),
     WebPush(webpush::WebPushApp),
     UnifiedPush(unifiedpush::UnifiedPushApp),
+    Hms(hms::HmsApp),
 }
 
 impl App {
@@ -233,6 +235,7 @@ impl App {
             AppConfig::Fcm(c) => App::Fcm(fcm::FcmApp::new(c, secrets)?),
             AppConfig::Webpush(c) => App::WebPush(webpush::WebPushApp::new(c, secrets)?),
             AppConfig::Unifiedpush(c) => App::UnifiedPush(unifiedpush::UnifiedPushApp::new(c)?),
+            AppConfig::Hms(c) => App::Hms(hms::HmsApp::new(c, secrets)?),
         })
     }
 
@@ -243,6 +246,7 @@ impl App {
             App::Fcm(_) => "fcm",
             App::WebPush(_) => "webpush",
             App::UnifiedPush(_) => "unifiedpush",
+            App::Hms(_) => "hms",
         }
     }
 
@@ -254,26 +258,28 @@ impl App {
             App::Fcm(a) => a.prepare(n, d, now),
             App::WebPush(a) => a.prepare(n, d, now),
             App::UnifiedPush(a) => a.prepare(n, d, now),
+            App::Hms(a) => a.prepare(n, d, now),
         }
     }
 
     /// Whether this app's credentials may be shared through the `TOKENS` KV
-    /// namespace. APNs keys and FCM service accounts are named by `APPS`, so
-    /// their number is the operator's; VAPID tokens are one per push service
-    /// origin, which devices choose, so they stay in isolate memory and no
-    /// device can spend KV writes.
+    /// namespace. APNs keys, FCM service accounts and HMS app ids are named
+    /// by `APPS`, so their number is the operator's; VAPID tokens are one per
+    /// push service origin, which devices choose, so they stay in isolate
+    /// memory and no device can spend KV writes.
     pub fn shares_tokens_through_kv(&self) -> bool {
-        matches!(self, App::Apns(_) | App::Fcm(_))
+        matches!(self, App::Apns(_) | App::Fcm(_) | App::Hms(_))
     }
 
     /// The first step of minting the credential named by `prepared.token_key`:
-    /// the JWT to sign.
+    /// the JWT to sign, or (HMS) the token request to send.
     pub fn mint(&self, prepared: &Prepared, now: UnixSecs) -> Result<Mint, Verdict> {
         match self {
             App::Apns(a) => a.provider_token(now).map(Mint::Sign),
             App::Fcm(a) => a.assertion_to_sign(now).map(Mint::Sign),
             App::WebPush(a) => a.vapid_to_sign(prepared, now).map(Mint::Sign),
             App::UnifiedPush(_) => Err(Verdict::failed("unifiedpush sends need no credential")),
+            App::Hms(a) => Ok(Mint::Exchange(a.token_request())),
         }
     }
 
@@ -284,6 +290,7 @@ impl App {
             App::Fcm(a) => Ok(Mint::Exchange(a.token_request_with(&jwt))),
             App::WebPush(a) => Ok(Mint::Ready(a.token_from(jwt, now))),
             App::UnifiedPush(_) => Err(Verdict::failed("unifiedpush sends need no credential")),
+            App::Hms(_) => Err(Verdict::failed("hms credentials are not signed")),
         }
     }
 
@@ -291,6 +298,7 @@ impl App {
     pub fn finish_exchange(&self, response: &ProviderResponse, now: UnixSecs) -> Result<MintedToken, Verdict> {
         match self {
             App::Fcm(a) => a.read_token_response(response, now),
+            App::Hms(_) => hms::read_token_response(response, now),
             _ => Err(Verdict::failed("this provider has no token exchange")),
         }
     }
@@ -300,7 +308,7 @@ impl App {
         let mut out = request.clone();
         match self {
             App::Apns(_) => out.set_header("authorization", format!("bearer {token}")),
-            App::Fcm(_) => out.set_header("authorization", format!("Bearer {token}")),
+            App::Fcm(_) | App::Hms(_) => out.set_header("authorization", format!("Bearer {token}")),
             App::WebPush(a) => out.set_header("authorization", a.authorization(token)),
             App::UnifiedPush(_) => {}
         }
@@ -314,6 +322,7 @@ impl App {
             App::Fcm(_) => fcm::classify(response),
             App::WebPush(_) => webpush::classify(response),
             App::UnifiedPush(a) => a.classify(request, response, now),
+            App::Hms(_) => hms::classify(response),
         }
     }
 }
