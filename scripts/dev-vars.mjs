@@ -30,5 +30,6 @@ const text = fs
   .replaceAll("http://127.0.0.1:8788", origin)
   // dotenv turns \n inside double quotes into newlines: the PEM stays one line.
   .replace("__GENERATED_APNS_P8__", apnsP8.replaceAll("\n", "\\n"))
-  .replace("__GENERATED_FCM_SERVICE_ACCOUNT__", JSON.stringify(serviceAccount));
+  .replace("__GENERATED_FCM_SERVICE_ACCOUNT__", JSON.stringify(serviceAccount))
+  .replace("__GENERATED_HMS_APP_SECRET__", crypto.randomBytes(32).toString("hex"));
 fs.writeFileSync(out, text, { mode: 0o600 });

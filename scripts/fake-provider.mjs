@@ -1,5 +1,5 @@
-// A local stand-in for APNs, FCM (its OAuth token endpoint and messages:send)
-// and UnifiedPush endpoints, for `scripts/dev`: it accepts everything and
+// A local stand-in for APNs, FCM and Huawei Push Kit (their OAuth token
+// endpoints and messages:send) and UnifiedPush endpoints, for `scripts/dev`: it accepts everything and
 // prints what it receives. The sample .dev.vars points every app here.
 //
 //   node scripts/fake-provider.mjs [port]     (default 8788, on 127.0.0.1)
@@ -52,6 +52,22 @@ function answer(req, body) {
     return [200, { "content-type": "application/json" },
       JSON.stringify({ name: `projects/${fcm[1]}/messages/${Date.now()}` })];
   }
+  if (req.method === "POST" && path === "/oauth2/v3/token") {
+    const form = new URLSearchParams(body);
+    console.log(`HMS OAuth token request for app ${form.get("client_id")} (${form.get("grant_type")})`);
+    return [200, { "content-type": "application/json" },
+      JSON.stringify({ access_token: `fake-hms-access-token-${Date.now()}`, expires_in: 3600, token_type: "Bearer" })];
+  }
+  const hms = /^\/v1\/([^/]+)\/messages:send$/.exec(path);
+  if (req.method === "POST" && hms) {
+    const message = tryJson(body)?.message ?? {};
+    console.log(`HMS message for app ${hms[1]}`);
+    show("android", message.android ?? {});
+    show("token", message.token ?? []);
+    show("data", tryJson(message.data ?? ""));
+    return [200, { "content-type": "application/json" },
+      JSON.stringify({ code: "80000000", msg: "Success", requestId: String(Date.now()) })];
+  }
   if (req.method === "POST") {
     console.log(`POST ${path} (UnifiedPush / WebPush endpoint)`);
     show("body", tryJson(body));
@@ -77,7 +93,7 @@ const server = http.createServer(async (req, res) => {
   res.end(body);
 });
 server.listen(port, "127.0.0.1", () => {
-  console.log(`fake provider listening on http://127.0.0.1:${port} (APNs /3/device/…, FCM /token and /v1/projects/…, UnifiedPush)`);
+  console.log(`fake provider listening on http://127.0.0.1:${port} (APNs /3/device/…, FCM /token and /v1/projects/…, HMS /oauth2/v3/token and /v1/<app id>/…, UnifiedPush)`);
 });
 const stop = () => server.close(() => process.exit(0));
 process.on("SIGINT", stop);

@@ -1,6 +1,7 @@
 // Smoke test of the README's run path: `wrangler dev` with a .dev.vars made
-// from .dev.vars.example, next to the fake provider; GET /health, POST one
-// notify, check the fake received it, then stop everything.
+// from .dev.vars.example, next to the fake provider; GET /health, POST a
+// notify to the APNs and the HMS sample apps, check the fake received them,
+// then stop everything.
 // Run by scripts/test after scripts/build (wrangler's [build] then has nothing to do).
 
 import { spawn } from "node:child_process";
@@ -96,6 +97,21 @@ try {
   check("POST notify answers 200 {\"rejected\":[]}", notify.status === 200 && notifyText.replace(/\s/g, "") === '{"rejected":[]}', `${notify.status} ${notifyText}`);
   await new Promise((resolve) => setTimeout(resolve, 200));
   check("the fake provider received the APNs push", fake.read().includes("APNs push to device abcdef1234567890"), fake.read());
+
+  const hms = await fetch(`${base}/_matrix/push/v1/notify`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      notification: {
+        event_id: "$smoke-hms", room_id: "!room:example.org", counts: { unread: 1 },
+        devices: [{ app_id: "com.example.app.huawei", pushkey: "IQAAAACy0smoke", data: {} }],
+      },
+    }),
+  });
+  const hmsText = await hms.text();
+  check("POST notify to the sample HMS app answers 200", hms.status === 200 && hmsText.replace(/\s/g, "") === '{"rejected":[]}', `${hms.status} ${hmsText}`);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  check("the fake provider received the HMS token request and message", /HMS OAuth token request for app 104123456[\s\S]*HMS message for app 104123456/.test(fake.read()), fake.read());
 } catch (err) {
   check("wrangler dev smoke test", false, String(err));
 } finally {

@@ -293,3 +293,34 @@ fn an_unreadable_file_and_bad_usage_fail_clearly() {
     assert_eq!(run(&["frobnicate"]).code, 2);
     assert_eq!(run(&["--help"]).code, 0);
 }
+
+#[test]
+fn check_config_validates_hms_apps() {
+    let dir = scratch("hms");
+    let secret_value = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let secret = write(&dir, "hms-app-secret.txt", &format!("{secret_value}\n"));
+    let hms = |app_id: Value, extra: Value| {
+        let mut entry = json!({"type": "hms", "hms_app_id": app_id, "app_secret_secret": "HMS_APP_SECRET"});
+        entry.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        entry
+    };
+    let apps = json!({
+        "good.huawei": hms(json!(104123456), json!({"category": "IM"})),
+        "plain.huawei": hms(json!("104123457"), json!({})),
+        "no.secret": hms(json!("104123458"), json!({"app_secret_secret": "HMS_MISSING"})),
+        "bad.category": hms(json!("104123459"), json!({"category": "im"})),
+        "bad.appid": hms(json!("104/123"), json!({"category": "IM"})),
+    });
+    let out = run(&["check-config", "--apps", &apps.to_string(), "--secret", &format!("HMS_APP_SECRET={secret}")]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let line = |app: &str| out.stdout.lines().find(|l| l.contains(app)).unwrap_or_else(|| panic!("{app}:\n{}", out.stdout));
+    assert!(line("good.huawei").starts_with("ok      good.huawei (hms)"), "{}", out.stdout);
+    assert!(line("ok      plain.huawei").contains("(hms)"));
+    assert!(line("warning: plain.huawei").contains("category"), "{}", out.stdout);
+    assert!(!out.stdout.contains("warning: good.huawei"), "{}", out.stdout);
+    assert!(line("no.secret").starts_with("BROKEN") && line("no.secret").contains("HMS_MISSING"));
+    assert!(line("bad.category").starts_with("BROKEN") && line("bad.category").contains("category"));
+    assert!(line("bad.appid").starts_with("BROKEN") && line("bad.appid").contains("hms_app_id"));
+    assert!(out.stdout.contains("3 of 5 apps have problems"), "{}", out.stdout);
+    assert!(!out.stdout.contains(secret_value), "no secret in the report");
+}

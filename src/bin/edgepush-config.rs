@@ -243,6 +243,15 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
                             // What the app's web clients subscribe with.
                             report += &format!("        applicationServerKey: {}\n", web.public_key());
                         }
+                        if let edgepush::providers::App::Hms(hms) = app.as_ref() {
+                            if hms.config.category.is_none() {
+                                warnings.push(format!(
+                                    "{}: no `category`: Huawei delivers this app's pushes at normal priority \
+                                     (set the class Huawei granted the app, e.g. \"IM\")",
+                                    entry.pattern
+                                ));
+                            }
+                        }
                     }
                     Err(error) => {
                         broken_apps += 1;
