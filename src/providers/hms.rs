@@ -359,10 +359,11 @@ pub const RESULT_CODES: &[(&str, Meaning, &str)] = &[
 /// 80300007, or 80100000 naming the token, without a reason: the token is
 /// not valid for this app id. Every device gets it when `hms_app_id` and the
 /// secret are those of another app, so it needs evidence (`Refused`).
-pub const TOKEN_INVALID: Refusal =
-    Refusal { cause: "80300007 token invalid", check: "hms_app_id (the App ID of the app the pushers belong to)" };
+pub const TOKEN_INVALID: Refusal = Refusal { cause: "80300007 token invalid", check: CHECK_APP_ID };
 /// `noRight`: the token was issued to another app than `hms_app_id`.
-pub const TOKEN_OF_ANOTHER_APP: Refusal = Refusal { cause: "noRight", check: "hms_app_id" };
+pub const TOKEN_OF_ANOTHER_APP: Refusal = Refusal { cause: "noRight", check: CHECK_APP_ID };
+/// What the operator checks when every device of an app is refused so.
+const CHECK_APP_ID: &str = "hms_app_id (the App ID of the app the pushers belong to) and its secret";
 
 /// Per-token reasons (HarmonyOS-style `illegalTokens`) about the token
 /// itself, whatever the app: evidence about the device alone.

@@ -66,7 +66,12 @@ export const ANSWERS = {
     status: 400,
     body: hmsAnswer("80300007", JSON.stringify({ success: 0, failure: 1, illegal_tokens: [token] })),
   }),
-  // The token belongs to another app than the one in the URL: maybe ours to fix.
+  // The HarmonyOS API's form: failed tokens filed by reason.
+  format_error: (token) => ({
+    status: 400,
+    body: hmsAnswer("80300007", JSON.stringify({ illegalTokens: { tokenFormatError: [token] }, failure: 1 })),
+  }),
+  // The token belongs to another app than the one in the URL: the device's, or our App ID.
   no_right: (token) => ({
     status: 400,
     body: hmsAnswer("80300007", JSON.stringify({ illegalTokens: { noRight: [token] }, failure: 1 })),

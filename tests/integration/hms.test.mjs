@@ -183,8 +183,8 @@ describe("HMS", () => {
       assert.deepEqual((await worker.notify(notification([device(k)]))).json, { rejected: [] });
     });
 
-    for (const answer of ["invalid_token", "invalid_token_listed", "partial_dead"]) {
-      test(`${answer}: that device is rejected, not retried; the one beside it is delivered`, async () => {
+    for (const answer of ["invalid_token", "invalid_token_listed", "partial_dead", "no_right", "format_error"]) {
+      test(`${answer} beside a delivered device of the app: that device is rejected, not retried`, async () => {
         const dead = pushkey();
         const alive = pushkey();
         fake.answer(dead, answer);
@@ -198,7 +198,6 @@ describe("HMS", () => {
     }
 
     const ours = {
-      no_right: "80300007 for a token of another app (noRight)",
       bad_parameters: "80100001",
       bad_structure: "80100003",
       too_large: "80300008",
@@ -291,6 +290,33 @@ describe("HMS", () => {
       assertStatus(r, 502);
       assert.equal(fake.sendsFor(k).length, 2);
       assert.equal(fake.tokenRequests, before + 1);
+    });
+
+    test("an app that has delivered nothing: 80300007 and noRight are 502, the app suspect on /health; a malformed token is rejected", async () => {
+      const w = await startHmsWorker(fake);
+      try {
+        const devices = Array.from({ length: 6 }, () => pushkey());
+        devices.forEach((k, i) => fake.answer(k, ["invalid_token", "invalid_token_listed", "no_right"][i % 3]));
+        const malformed = pushkey();
+        fake.answer(malformed, "format_error");
+        const r = await w.notify(notification([...devices, malformed].map((k) => device(k))));
+        assertStatus(r, 502);
+        const health = await w.request("/health");
+        assertStatus(health, 503);
+        assert.match(health.json.apps[HUAWEI], /suspect: 0 delivered, .*80300007 token invalid.*noRight.*check hms_app_id/, health.json.apps[HUAWEI]);
+        const line = await w.waitForLog((l) => l.message.includes('"status":502'));
+        const logged = JSON.parse(line.message).devices;
+        assert.deepEqual(logged.map((d) => d.outcome), [...devices.map(() => "failed"), "rejected"]);
+
+        // Once the app delivers, its refused devices are rejected.
+        const alive = pushkey();
+        const again = await w.notify(notification([device(devices[0]), device(alive)]));
+        assertStatus(again, 200);
+        assert.deepEqual(again.json, { rejected: [devices[0]] });
+        assertStatus(await w.request("/health"), 200);
+      } finally {
+        await w.close();
+      }
     });
 
     test("a default_payload that is not an object: rejected without a send", async () => {
