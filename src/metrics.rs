@@ -7,7 +7,7 @@
 //! answer's status.
 //!
 //! Device layout (documented in README):
-//! - index1: the provider (`apns`, `fcm`, `webpush`, `unifiedpush`, `none`)
+//! - index1: the provider (`apns`, `fcm`, `hms`, `webpush`, `unifiedpush`, `none`)
 //! - blob1: app id, blob2: provider, blob3: outcome
 //!   (`delivered` / `rejected` / `transient` / `failed`), blob4: token source
 //!   (`memory` / `kv` / `minted` / empty), blob5: the answer's status class

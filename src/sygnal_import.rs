@@ -425,8 +425,8 @@ fn convert_app(import: &mut Import, app_id: &str, settings: &Value) -> Option<Va
                 format!("{here}.type"),
                 format!(
                     "{custom:?} is a custom pushkin class; edgepush runs no Python. Configure the app as \
-                     apns, fcm, webpush or unifiedpush if its provider is one of those, or keep Sygnal \
-                     running for it"
+                     apns, fcm, hms (Huawei Push Kit), webpush or unifiedpush if its provider is one of those, \
+                     or keep Sygnal running for it"
                 ),
             );
             return None;
