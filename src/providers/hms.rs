@@ -8,7 +8,8 @@
 //! `data` carries, and the app builds its own notification from it.
 //!
 //! Outcomes come from Huawei's result code (the answer's `code`), not only
-//! from the HTTP status.
+//! from the HTTP status. The rules, and the Huawei pages they rest on, are
+//! docs/design.md §16.
 
 use std::fmt;
 
