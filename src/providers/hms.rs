@@ -248,12 +248,12 @@ pub fn read_token_response(response: &ProviderResponse, now: UnixSecs) -> Result
         ));
     }
     let grant = serde_json::from_slice::<TokenAnswer>(&response.body).unwrap_or_default();
-    let token = match (status, grant.access_token) {
+    let token = match (status, grant.access_token.clone()) {
         (200, Some(token)) => token,
         _ => {
             return Err(Verdict::failed(format!(
                 "hms token endpoint refused the app id and secret ({status} {})",
-                grant.refusal.describe()
+                grant.describe()
             )))
         }
     };
@@ -280,12 +280,6 @@ struct TokenAnswer {
     access_token: Option<String>,
     #[serde(default)]
     expires_in: Option<u64>,
-    #[serde(flatten)]
-    refusal: TokenRefusal,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenRefusal {
     #[serde(default)]
     error: Option<Value>,
     #[serde(default)]
@@ -294,7 +288,7 @@ struct TokenRefusal {
     error_description: Option<String>,
 }
 
-impl TokenRefusal {
+impl TokenAnswer {
     /// Huawei's codes and explanation, never the secret (its answer does not
     /// echo it).
     fn describe(&self) -> String {
