@@ -1,18 +1,19 @@
 //! One notification, fanned out to its devices concurrently; each device ends
 //! in one outcome, and `reply` alone turns outcomes into the answer.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::config::{AppEntry, Apps, Lookup, Settings};
+use crate::deferred::{DeferredSettings, Enqueue};
 use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
 use crate::providers::apns::{self, ApnsApp, Environment};
 use crate::providers::jwt::JwtToSign;
-use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict, RETRY_AFTER_CAP};
+use crate::providers::{App, OutRequest, Outcome, Prepared, ProviderResponse, Verdict, RETRY_AFTER_CAP};
 use crate::tokens::{Signal, TokenCache, TokenSource};
 
 /// The I/O the dispatcher needs; the worker shell implements it with `fetch`,
@@ -44,6 +45,16 @@ pub trait Transport {
     /// (`PUSH_LIMITER`); never, without one.
     async fn over_rate_limit(&self, _key: &str) -> bool {
         false
+    }
+    /// The deferred-delivery knobs when a queue is bound (`DEFERRED_QUEUE`):
+    /// devices still transient after their tries are then handed to it
+    /// (`crate::deferred`). `None`: no queue, nothing is deferred.
+    fn deferral(&self) -> Option<&DeferredSettings> {
+        None
+    }
+    /// Put pushes on the deferred-delivery queue, each after its delay.
+    async fn defer(&self, _pushes: &[Enqueue]) -> Result<(), String> {
+        Err("no deferred-delivery queue is bound".into())
     }
 }
 
@@ -82,6 +93,9 @@ pub enum FinalOutcome {
     Rejected,
     Transient,
     Failed,
+    /// Transient, then handed to the deferred-delivery queue: settled for
+    /// the homeserver, delivered later by the queue's consumer.
+    Deferred,
 }
 
 /// The transport of one notify, refusing sends past the request's
@@ -131,6 +145,12 @@ impl<T: Transport> Transport for Budgeted<'_, T> {
     async fn over_rate_limit(&self, key: &str) -> bool {
         self.inner.over_rate_limit(key).await
     }
+    fn deferral(&self) -> Option<&DeferredSettings> {
+        self.inner.deferral()
+    }
+    async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
+        self.inner.defer(pushes).await
+    }
 }
 
 /// Everything one `/notify` needs besides the notification.
@@ -139,13 +159,17 @@ pub struct Dispatcher<'a, T: Transport> {
     apps: &'a Apps,
     settings: &'a Settings,
     tokens: &'a TokenCache,
+    /// Devices (by index) that ended transient, with their requests and the
+    /// provider's `Retry-After`: handed to the deferred-delivery queue when
+    /// one is bound.
+    deferrable: RefCell<Vec<(usize, Prepared, Option<Duration>)>>,
 }
 
 impl<'a, T: Transport> Dispatcher<'a, T> {
     /// One dispatcher per notify: it holds that request's subrequest budget.
     pub fn new(transport: &'a T, apps: &'a Apps, settings: &'a Settings, tokens: &'a TokenCache) -> Self {
         let transport = Budgeted { inner: transport, left: Cell::new(settings.max_subrequests) };
-        Self { transport, apps, settings, tokens }
+        Self { transport, apps, settings, tokens, deferrable: RefCell::new(Vec::new()) }
     }
 
     /// Deliver to every device concurrently; reports keep the devices' order.
@@ -155,15 +179,16 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
     /// devices were delivered still has their deliveries as evidence.
     pub async fn dispatch(&self, n: &Notification) -> Vec<(Device, DeviceReport)> {
         let started = self.transport.now_ms();
-        let settled = join_all(n.devices.iter().map(|d| self.deliver(n, d, started))).await;
+        let settled = join_all(n.devices.iter().enumerate().map(|(i, d)| self.deliver(n, d, i, started))).await;
         let delivered_here: Vec<&str> =
             settled.iter().filter(|s| s.delivered_by_send()).filter_map(|s| s.entry.map(|e| e.pattern.as_str())).collect();
         let now = self.transport.now_ms();
-        let reports = settled.into_iter().map(|s| s.judge(&delivered_here, now));
+        let mut reports: Vec<DeviceReport> = settled.into_iter().map(|s| s.judge(&delivered_here, now)).collect();
+        crate::deferred::hand_off(&self.transport, self.deferrable.take(), &n.devices, &mut reports, started).await;
         n.devices.iter().cloned().zip(reports).collect()
     }
 
-    async fn deliver(&self, n: &Notification, d: &Device, request_started: u64) -> Settled<'a> {
+    async fn deliver(&self, n: &Notification, d: &Device, index: usize, request_started: u64) -> Settled<'a> {
         let started = self.transport.now_ms();
         let mut report = DeviceReport {
             app_id: d.app_id.clone(),
@@ -200,34 +225,59 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             report.rate_limited = true;
             return settle(report, Verdict::transient("over the per-pushkey rate limit; not sent"), Some(entry));
         }
-        let verdict = self.deliver_to(entry, app, n, d, request_started, &mut report).await;
+        let verdict = self.deliver_to(entry, app, n, d, index, request_started, &mut report).await;
         settle(report, verdict, Some(entry))
     }
 
-    /// The send loop: credentials, retries with backoff, one re-mint on
-    /// stale credentials, and for APNs `auto` one try in the other
-    /// environment. The request bytes are built once.
+    /// The request, built once; with a deferred-delivery queue it carries
+    /// the push's stable identity, and is kept for the queue if the device
+    /// ends transient.
+    #[allow(clippy::too_many_arguments)]
     async fn deliver_to(
         &self,
         entry: &AppEntry,
         app: &App,
         n: &Notification,
         d: &Device,
+        index: usize,
         request_started: u64,
         report: &mut DeviceReport,
     ) -> Verdict {
         let now = self.transport.now_ms() / 1000;
-        let prepared = match app.prepare(n, d, now) {
+        let mut prepared = match app.prepare(n, d, now) {
             Ok(p) => p,
             Err(verdict) => return verdict,
         };
+        let deferral = self.transport.deferral().is_some();
+        if deferral {
+            crate::deferred::stamp_identity(app, &mut prepared.request, n, d);
+        }
+        let verdict = self.send_prepared(entry, app, &prepared, d, request_started, report).await;
+        if let (true, Outcome::Transient { retry_after }) = (deferral, verdict.outcome) {
+            self.deferrable.borrow_mut().push((index, prepared, retry_after));
+        }
+        verdict
+    }
+
+    /// The send loop: credentials, retries with backoff, one re-mint on
+    /// stale credentials, and for APNs `auto` one try in the other
+    /// environment. The same bytes on every try.
+    pub(crate) async fn send_prepared(
+        &self,
+        entry: &AppEntry,
+        app: &App,
+        prepared: &Prepared,
+        d: &Device,
+        request_started: u64,
+        report: &mut DeviceReport,
+    ) -> Verdict {
         let mut auto = AutoEnvironment::for_device(app, entry, d);
         let mut reminted = false;
         let mut used_token: Option<String> = None;
         loop {
             let request = match &prepared.token_key {
                 None => prepared.request.clone(),
-                Some(key) => match self.tokens.get(&self.transport, app, &prepared, key).await {
+                Some(key) => match self.tokens.get(&self.transport, app, prepared, key).await {
                     Ok((token, source)) => {
                         report.token = Some(source);
                         used_token = Some(token.value.clone());
@@ -418,8 +468,8 @@ pub fn rate_limit_key(app_id: &str, pushkey: &str) -> String {
 pub const RATE_LIMIT_RETRY_AFTER_SECS: u64 = 60;
 
 /// The answer to the homeserver: the only place that decides between 200,
-/// 429 and 502. 200 only when every device was delivered or rejected; 429
-/// when every device was over the rate limit.
+/// 429 and 502. 200 only when every device was delivered, rejected or
+/// deferred; 429 when every device was over the rate limit.
 pub fn reply(reports: &[(Device, DeviceReport)]) -> Reply {
     if !reports.is_empty() && reports.iter().all(|(_, r)| r.rate_limited) {
         return ApiError::LimitExceeded { retry_after_ms: RATE_LIMIT_RETRY_AFTER_SECS * 1000 }.to_reply();
@@ -428,7 +478,7 @@ pub fn reply(reports: &[(Device, DeviceReport)]) -> Reply {
     let (mut transient, mut failed) = (0usize, 0usize);
     for (device, report) in reports {
         match report.outcome {
-            FinalOutcome::Delivered => {}
+            FinalOutcome::Delivered | FinalOutcome::Deferred => {}
             FinalOutcome::Rejected => rejected.push(device.pushkey.as_str().to_string()),
             FinalOutcome::Transient => transient += 1,
             FinalOutcome::Failed => failed += 1,

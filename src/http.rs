@@ -8,8 +8,9 @@ use worker::js_sys::{self, Function, Object, Promise, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController, ReadableStreamDefaultReader, RequestRedirect, WorkerGlobalScope};
-use worker::{Delay, Env, KvStore};
+use worker::{Delay, Env, KvStore, MessageBuilder, Queue, QueueContentType};
 
+use crate::deferred::{self, DeferredSettings, Enqueue};
 use crate::dispatch::Transport;
 use crate::providers::jwt::JwtToSign;
 use crate::providers::{AnswerBody, OutRequest, ProviderResponse};
@@ -38,11 +39,31 @@ pub struct WorkerTransport<'a> {
     /// `PUSH_LIMITER`'s `limit` function and the binding, looked up on first use.
     limiter: OnceCell<Option<(Function, JsValue)>>,
     pub send_timeout_ms: u64,
+    /// Deferred delivery's knobs, and its queue (`DEFERRED_QUEUE`), looked up
+    /// on first use.
+    deferred: Option<&'a DeferredSettings>,
+    queue: OnceCell<Option<Queue>>,
 }
+
+/// The binding of the deferred-delivery queue.
+pub const DEFERRED_QUEUE: &str = "DEFERRED_QUEUE";
+
+/// What one `sendBatch` may carry in all (Queues allows 256 KB).
+const MAX_BATCH_BYTES: usize = 200_000;
 
 impl<'a> WorkerTransport<'a> {
     pub fn new(env: &'a Env, send_timeout_ms: u64) -> Self {
-        Self { env, kv: OnceCell::new(), limiter: OnceCell::new(), send_timeout_ms }
+        Self { env, kv: OnceCell::new(), limiter: OnceCell::new(), send_timeout_ms, deferred: None, queue: OnceCell::new() }
+    }
+
+    /// Defer transient devices to `DEFERRED_QUEUE` when it is bound.
+    pub fn with_deferral(mut self, settings: &'a DeferredSettings) -> Self {
+        self.deferred = Some(settings);
+        self
+    }
+
+    fn queue(&self) -> Option<&Queue> {
+        self.queue.get_or_init(|| self.env.queue(DEFERRED_QUEUE).ok()).as_ref()
     }
 
     fn kv(&self) -> Option<&KvStore> {
@@ -59,6 +80,23 @@ impl<'a> WorkerTransport<'a> {
             })
             .as_ref()
     }
+}
+
+/// Sends message texts to a queue, each after its delay, in as few
+/// `sendBatch` calls as the limits allow.
+pub async fn send_texts(queue: &Queue, messages: &[(String, u64)]) -> Result<(), String> {
+    let sizes: Vec<usize> = messages.iter().map(|(text, _)| text.len()).collect();
+    for run in deferred::batches(&sizes, MAX_BATCH_BYTES) {
+        let Some(chunk) = messages.get(run) else { continue };
+        let batch = chunk.iter().map(|(text, delay)| {
+            MessageBuilder::new(text.clone())
+                .content_type(QueueContentType::Text)
+                .delay_seconds(u32::try_from(*delay).unwrap_or(u32::MAX))
+                .build()
+        });
+        queue.send_batch(batch).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 impl Transport for WorkerTransport<'_> {
@@ -170,6 +208,16 @@ impl Transport for WorkerTransport<'_> {
                 None
             }
         }
+    }
+
+    fn deferral(&self) -> Option<&DeferredSettings> {
+        self.deferred.filter(|_| self.queue().is_some())
+    }
+
+    async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
+        let queue = self.queue().ok_or_else(|| format!("{DEFERRED_QUEUE} is not bound"))?;
+        let messages: Vec<(String, u64)> = pushes.iter().map(|p| (p.push.to_text(), p.delay_secs)).collect();
+        send_texts(queue, &messages).await
     }
 
     async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64) {

@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod config;
+pub mod deferred;
 pub mod dispatch;
 pub mod endpoints;
 pub mod error;

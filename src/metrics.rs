@@ -6,15 +6,23 @@
 //! class; double1 1, double2 its devices, double4 milliseconds, double5 the
 //! answer's status.
 //!
+//! And one point per deferred push the queue consumer handled (index1
+//! `deferred`): blob1 app id, blob2 provider, blob3 what became of it
+//! (`delivered` / `rejected` / `retrying` / `expired` / `unreadable` /
+//! `given_up`), blob4 token source; double1 1, double2 the consumer round,
+//! double3 its age in seconds, double4 milliseconds, double5 provider
+//! HTTP status (0 when none), double6 the delay before the next round.
+//!
 //! Device layout (documented in README):
 //! - index1: the provider (`apns`, `fcm`, `hms`, `webpush`, `unifiedpush`, `none`)
 //! - blob1: app id, blob2: provider, blob3: outcome
-//!   (`delivered` / `rejected` / `transient` / `failed`), blob4: token source
+//!   (`delivered` / `rejected` / `transient` / `failed` / `deferred`), blob4: token source
 //!   (`memory` / `kv` / `minted` / empty), blob5: the answer's status class
 //! - double1: 1 (the device), double2: tries, double3: retries,
 //!   double4: milliseconds, double5: provider HTTP status (0 when none),
 //!   double6: 1 when a token was minted
 
+use crate::deferred::ConsumerLog;
 use crate::dispatch::{DeviceReport, FinalOutcome};
 use crate::tokens::TokenSource;
 
@@ -32,13 +40,9 @@ pub fn data_point(report: &DeviceReport, answer_status: u16) -> DataPoint {
         FinalOutcome::Rejected => "rejected",
         FinalOutcome::Transient => "transient",
         FinalOutcome::Failed => "failed",
+        FinalOutcome::Deferred => "deferred",
     };
-    let token = match report.token {
-        Some(TokenSource::Memory) => "memory",
-        Some(TokenSource::Kv) => "kv",
-        Some(TokenSource::Minted) => "minted",
-        None => "",
-    };
+    let token = token_source(report.token);
     DataPoint {
         index: report.provider,
         blobs: vec![
@@ -55,6 +59,38 @@ pub fn data_point(report: &DeviceReport, answer_status: u16) -> DataPoint {
             report.ms as f64,
             f64::from(report.status.unwrap_or(0)),
             if report.token == Some(TokenSource::Minted) { 1.0 } else { 0.0 },
+        ],
+    }
+}
+
+fn token_source(token: Option<TokenSource>) -> &'static str {
+    match token {
+        Some(TokenSource::Memory) => "memory",
+        Some(TokenSource::Kv) => "kv",
+        Some(TokenSource::Minted) => "minted",
+        None => "",
+    }
+}
+
+/// The point written per queue message the deferred-delivery consumer handled.
+pub fn deferred_point(log: &ConsumerLog) -> DataPoint {
+    let result = serde_json::to_value(log.result).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    DataPoint {
+        index: "deferred",
+        blobs: vec![
+            log.app_id.chars().take(256).collect(),
+            log.provider.clone(),
+            result,
+            token_source(log.token).to_string(),
+            String::new(),
+        ],
+        doubles: vec![
+            1.0,
+            f64::from(log.round),
+            log.age_s as f64,
+            log.ms as f64,
+            f64::from(log.status.unwrap_or(0)),
+            log.next_in_s.unwrap_or(0) as f64,
         ],
     }
 }

@@ -9,12 +9,16 @@ use worker::js_sys::{self, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys;
-use worker::{console_error, console_log, event, AnalyticsEngineDataPointBuilder, Context, Env, Result};
+use worker::{
+    console_error, console_log, console_warn, event, AnalyticsEngineDataPointBuilder, Context, Env, MessageBatch,
+    MessageExt, QueueRetryOptionsBuilder, Result,
+};
 
 use crate::config::{Apps, Settings};
+use crate::deferred::{self, Action, DeferredSettings, Fate};
 use crate::dispatch::{self, Dispatcher, Transport};
 use crate::error::{ApiError, Reply};
-use crate::http::WorkerTransport;
+use crate::http::{self, WorkerTransport};
 use crate::notify::parse_notify;
 use crate::routes::{self, NotifyLog, Route};
 use crate::tokens::TokenCache;
@@ -24,6 +28,7 @@ use crate::tokens::TokenCache;
 struct Isolate {
     apps: Apps,
     settings: Settings,
+    deferred: DeferredSettings,
     tokens: TokenCache,
 }
 
@@ -37,7 +42,9 @@ fn isolate(env: &Env) -> Rc<Isolate> {
 
 fn load(env: &Env) -> Isolate {
     let var = |name: &str| env.var(name).ok().map(|v| v.to_string());
-    let (settings, warnings) = Settings::from_vars(var);
+    let (settings, mut warnings) = Settings::from_vars(var);
+    let (deferred, deferred_warnings) = DeferredSettings::from_vars(var);
+    warnings.extend(deferred_warnings);
     for warning in warnings {
         console_error!("{}", serde_json::json!({ "msg": "config warning", "warning": warning }));
     }
@@ -61,7 +68,7 @@ fn load(env: &Env) -> Isolate {
         console_error!("{}", serde_json::json!({ "msg": "globs overlap", "apps": [overlap.first, overlap.second], "error": overlap.to_string() }));
     }
     let tokens = TokenCache::new(settings.send_timeout_ms);
-    Isolate { apps, settings, tokens }
+    Isolate { apps, settings, deferred, tokens }
 }
 
 #[event(start)]
@@ -100,7 +107,7 @@ fn into_response(reply: &Reply) -> Result<web_sys::Response> {
 
 async fn notify(req: web_sys::Request, env: &Env) -> Reply {
     let state = isolate(env);
-    let transport = WorkerTransport::new(env, state.settings.send_timeout_ms);
+    let transport = WorkerTransport::new(env, state.settings.send_timeout_ms).with_deferral(&state.deferred);
     let started = transport.now_ms();
     let request_id = req
         .headers()
@@ -140,6 +147,67 @@ async fn notify(req: web_sys::Request, env: &Env) -> Reply {
     }
     reply
 }
+
+/// The deferred-delivery queue's consumer: every message is tried once, then
+/// acknowledged, put back with a delay, or dead-lettered (`DEFERRED_DLQ`).
+/// Never returns an error: a failing handler would make Queues retry the
+/// whole batch.
+#[event(queue)]
+async fn queue(batch: MessageBatch<JsValue>, env: Env, _ctx: Context) -> Result<()> {
+    let state = isolate(&env);
+    let transport = WorkerTransport::new(&env, state.settings.send_timeout_ms).with_deferral(&state.deferred);
+    let messages: Vec<_> = batch.raw_iter().collect();
+    // Text, as edgepush sends; a JSON body (another producer) as its text.
+    let texts: Vec<Option<String>> = messages
+        .iter()
+        .map(|m| {
+            let body = m.body();
+            body.as_string().or_else(|| js_sys::JSON::stringify(&body).ok().and_then(|s| s.as_string()))
+        })
+        .collect();
+    let mut handled = deferred::consume(&transport, &state.apps, &state.settings, &state.deferred, &state.tokens, &texts).await;
+
+    let requeue: Vec<_> =
+        handled.iter().filter_map(|h| if let Action::Requeue(e) = &h.action { Some(e.clone()) } else { None }).collect();
+    let requeued = if requeue.is_empty() { Ok(()) } else { transport.defer(&requeue).await };
+    let dead: Vec<(String, u64)> =
+        handled.iter().filter_map(|h| if let Action::DeadLetter(t) = &h.action { Some((t.clone(), 0)) } else { None }).collect();
+    let dead_lettered = match env.queue(DEFERRED_DLQ) {
+        _ if dead.is_empty() => Ok(true),
+        Ok(dlq) => http::send_texts(&dlq, &dead).await.map(|()| true),
+        Err(_) => Ok(false),
+    };
+    for error in [requeued.as_ref().err(), dead_lettered.as_ref().err()].into_iter().flatten() {
+        let error: String = error.chars().take(300).collect();
+        console_error!("{}", serde_json::json!({ "msg": "deferred queue send failed", "error": error }));
+    }
+
+    for (message, h) in messages.iter().zip(handled.iter_mut()) {
+        match (&h.action, &requeued, &dead_lettered) {
+            // The copy is not on the queue: Queues keeps this one instead.
+            (Action::Requeue(e), Err(_), _) => {
+                let delay = u32::try_from(e.delay_secs).unwrap_or(u32::MAX);
+                message.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(delay).build());
+            }
+            (Action::DeadLetter(_), _, Err(_)) => message.retry(),
+            _ => message.ack(),
+        }
+        if matches!(h.action, Action::DeadLetter(_)) {
+            h.log.dead_letter = Some(matches!(dead_lettered, Ok(true)));
+        }
+        let line = serde_json::to_string(&h.log).unwrap_or_default();
+        match h.log.result {
+            _ if h.log.is_error() => console_error!("{line}"),
+            Fate::Rejected | Fate::GivenUp => console_warn!("{line}"),
+            _ => console_log!("{line}"),
+        }
+    }
+    write_metrics(&env, handled.iter().map(|h| crate::metrics::deferred_point(&h.log)));
+    Ok(())
+}
+
+/// The optional dead-letter queue of pushes given up.
+const DEFERRED_DLQ: &str = "DEFERRED_DLQ";
 
 fn write_metrics(env: &Env, points: impl Iterator<Item = crate::metrics::DataPoint>) {
     let Ok(dataset) = env.analytics_engine("METRICS") else { return };

@@ -76,6 +76,13 @@ impl UnifiedPushApp {
         })
     }
 
+    /// Seconds the endpoint `url` still asked to be left alone for (a 429),
+    /// if any: a deferred push to it waits that long (`crate::deferred`).
+    pub fn held_for(&self, url: &str, now: UnixSecs) -> Option<u64> {
+        let until = self.held.borrow_mut().get_mut(&endpoint_key(url)).map(|until| *until)?;
+        (now < until).then(|| until - now)
+    }
+
     /// How many endpoints are held now (for tests of the bound).
     pub fn held_endpoints(&self) -> usize {
         self.held.borrow().len()

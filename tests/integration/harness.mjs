@@ -18,6 +18,10 @@ export const NOTIFY = "/_matrix/push/v1/notify";
 export const COMPATIBILITY_DATE = "2026-07-01";
 const SCRIPT = path.join(ROOT, "build/index.js");
 
+/** The deferred-delivery queues of a worker started with `deferred`. */
+export const DEFERRED_QUEUE = "edgepush-deferred";
+export const DEFERRED_DLQ = "edgepush-deferred-dead";
+
 /** Knobs every test worker gets unless a test overrides them: fast retries. */
 export const TEST_KNOBS = { RETRY_BASE_MS: "1", MAX_TRIES: "3", SEND_TIMEOUT_MS: "5000" };
 
@@ -31,8 +35,14 @@ export const TEST_KNOBS = { RETRY_BASE_MS: "1", MAX_TRIES: "3", SEND_TIMEOUT_MS:
  *   `kv`: bind the TOKENS namespace (default true).
  *   `metrics`: bind an Analytics Engine dataset as METRICS (default false).
  *   `miniflare`: more Miniflare options, e.g. `{ ratelimits: {...} }`.
+ *   `deferred`: bind DEFERRED_QUEUE and consume it (deferred delivery), as
+ *     wrangler.toml's commented example does: `{ batchTimeoutSecs, maxRetries,
+ *     deadLetter }`. With `deadLetter` (default true) DEFERRED_DLQ is bound
+ *     too, and a second worker drains that queue into `worker.deadLetters()`.
  */
-export async function startWorker({ apps, appsAsString = false, secrets = {}, vars = {}, kv = true, metrics = false, miniflare = {} } = {}) {
+export async function startWorker({
+  apps, appsAsString = false, secrets = {}, vars = {}, kv = true, metrics = false, miniflare = {}, deferred,
+} = {}) {
   if (!fs.existsSync(SCRIPT)) {
     throw new Error(`${path.relative(ROOT, SCRIPT)} is missing: run scripts/build first (scripts/test does)`);
   }
@@ -42,7 +52,8 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
 
   /** @type {Array<{level: string, message: string}>} */
   const logs = [];
-  const mf = new Miniflare({
+  /** @type {Record<string, any>} */
+  const main = {
     modules: true,
     scriptPath: SCRIPT,
     modulesRoot: ROOT,
@@ -53,6 +64,10 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
     ...(metrics ? { analyticsEngineDatasets: { METRICS: { dataset: "edgepush" } } } : {}),
     ...miniflare,
     bindings,
+    ...(deferred ? deferredQueues(deferred) : {}),
+  };
+  const deadLetter = deferred !== undefined && deferred.deadLetter !== false;
+  const shared = {
     handleStructuredLogs: ({ level, message }) => {
       logs.push({ level, message });
       // Everything the suite's workers log, for tests/scan-all-logs.mjs.
@@ -60,7 +75,10 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
         fs.appendFileSync(process.env.EDGEPUSH_WORKER_LOG_FILE, `${JSON.stringify({ level, message })}\n`);
       }
     },
-  });
+  };
+  const mf = new Miniflare(
+    deadLetter ? { ...shared, workers: [{ name: "edgepush", ...main }, deadLetterSink()] } : { ...shared, ...main },
+  );
   await mf.ready;
   const tokens = kv ? await mf.getKVNamespace("TOKENS") : undefined;
 
@@ -82,6 +100,20 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
     logs,
     /** The TOKENS KV namespace, for inspection (undefined with `kv: false`). */
     tokens,
+    /** The message texts that reached DEFERRED_DLQ so far, parsed where they are JSON. */
+    async deadLetters() {
+      if (!deadLetter) return [];
+      const dead = await mf.getKVNamespace("DEAD", "dead-letters");
+      const { keys } = await dead.list();
+      const texts = await Promise.all(keys.map((k) => dead.get(k.name)));
+      return texts.map((t) => {
+        try {
+          return JSON.parse(t ?? "");
+        } catch {
+          return t;
+        }
+      });
+    },
     request,
     /** POST a notify body: an object (sent as JSON) or a raw string/bytes. */
     notify(body, init = {}) {
@@ -108,6 +140,40 @@ export async function startWorker({ apps, appsAsString = false, secrets = {}, va
       }
     },
     close: () => mf.dispose(),
+  };
+}
+
+/** Queue bindings and consumer settings of deferred delivery (see wrangler.toml). */
+function deferredQueues({ batchTimeoutSecs = 0.1, maxRetries = 3, deadLetter = true } = {}) {
+  return {
+    queueProducers: { DEFERRED_QUEUE: DEFERRED_QUEUE, ...(deadLetter ? { DEFERRED_DLQ: DEFERRED_DLQ } : {}) },
+    queueConsumers: {
+      [DEFERRED_QUEUE]: {
+        maxBatchSize: 10,
+        maxBatchTimeout: batchTimeoutSecs,
+        maxRetries,
+        ...(deadLetter ? { deadLetterQueue: DEFERRED_DLQ } : {}),
+      },
+    },
+  };
+}
+
+/** A worker that drains DEFERRED_DLQ into its KV namespace DEAD, for the tests to read. */
+function deadLetterSink() {
+  return {
+    name: "dead-letters",
+    modules: true,
+    compatibilityDate: COMPATIBILITY_DATE,
+    kvNamespaces: ["DEAD"],
+    queueConsumers: { [DEFERRED_DLQ]: { maxBatchTimeout: 0.1 } },
+    script: `export default {
+      async queue(batch, env) {
+        for (const m of batch.messages) {
+          await env.DEAD.put(m.id, typeof m.body === "string" ? m.body : JSON.stringify(m.body));
+        }
+        batch.ackAll();
+      },
+    };`,
   };
 }
 
