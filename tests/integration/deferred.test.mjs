@@ -270,12 +270,14 @@ describe("deferred delivery", () => {
   test("a push the queue refuses (over its 128 KB message limit) is answered 502, as without a queue", async () => {
     const closed = await closedOrigin();
     worker = await startWorker({
-      apps: { "app.up": { type: "unifiedpush", allowed_endpoints: ["http://127.0.0.1:*"] } },
+      apps: { "app.android": { type: "fcm", project_id: PROJECT, service_account_secret: "FCM", url: closed } },
+      secrets: secrets(),
       vars: { ...KNOBS, MAX_BODY_BYTES: "400000" },
       deferred: {},
     });
-    const pushkey = `${closed}/up?pad=${"x".repeat(140_000)}`;
-    const r = await worker.notify(notification([{ app_id: "app.up", pushkey }]));
+    // FCM carries the pushkey in the message, so the queued push is too big.
+    const pushkey = `fcm-${"x".repeat(140_000)}`;
+    const r = await worker.notify(notification([{ app_id: "app.android", pushkey }]));
     assert.equal(r.status, 502);
     const [device] = notifyDevices(worker);
     assert.equal(device.outcome, "transient");
