@@ -216,10 +216,10 @@ pub fn identity(app_id: &str, pushkey: &str, event_id: &str) -> String {
 /// too. Pushes without an event (badge updates) show nothing twice and are
 /// left as they are.
 ///
-/// FCM data messages get nothing: `collapse_key` only merges copies still
-/// waiting in FCM (at most four keys per device, the others may be dropped),
-/// never one already delivered; the app recognises the copy by the
-/// `event_id` it carries.
+/// FCM data messages, HMS and UnifiedPush get nothing: the app builds the
+/// notification and recognises a copy by the `event_id` it carries. FCM's
+/// `collapse_key` only merges copies still waiting in FCM (at most four keys
+/// per device, the others may be dropped), never one already delivered.
 pub fn stamp_identity(app: &App, request: &mut OutRequest, n: &Notification, d: &Device) {
     let Some(event_id) = &n.event_id else { return };
     let id = identity(&d.app_id, d.pushkey.as_str(), event_id);
