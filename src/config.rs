@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::evidence::AppRecord;
+use crate::origin::Refusal;
 use crate::providers::{App, Secrets};
 
 /// Worker-wide knobs, all optional `[vars]`.
@@ -65,23 +66,19 @@ impl Settings {
 }
 
 /// `url`: an origin (`scheme://host[:port]`) that replaces a provider's real
-/// one; the provider's path is appended to it.
+/// one; the provider's path is appended to it. Read as the operator wrote it
+/// ([`crate::origin::operator_origin`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin(String);
 
 impl Origin {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let trimmed = raw.trim_end_matches('/');
-        let (scheme, rest) = trimmed
-            .split_once("://")
-            .ok_or_else(|| format!("{raw:?} is not an origin (scheme://host[:port])"))?;
-        if scheme != "https" && scheme != "http" {
-            return Err(format!("{raw:?}: the scheme must be https or http"));
+        match crate::origin::operator_origin(raw) {
+            Ok(origin) => Ok(Self(origin.to_string())),
+            Err(Refusal::NotAbsolute) => Err(format!("{raw:?} is not an origin (scheme://host[:port])")),
+            Err(Refusal::Scheme) => Err(format!("{raw:?}: the scheme must be https or http")),
+            Err(_) => Err(format!("{raw:?} is not an origin (scheme://host[:port], no path)")),
         }
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
-            return Err(format!("{raw:?} is not an origin (scheme://host[:port], no path)"));
-        }
-        Ok(Self(trimmed.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

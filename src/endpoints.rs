@@ -15,6 +15,7 @@
 use std::fmt;
 
 use crate::config::glob_matches;
+use crate::origin::{self, split_host_port, HostPortError, Refusal};
 
 /// The parts of an endpoint URL that decide where a request goes.
 #[derive(Clone, PartialEq, Eq)]
@@ -39,32 +40,12 @@ impl Endpoint {
     /// Parse an absolute `http(s)` URL. Errors never repeat the URL, which
     /// may be a secret.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = url.split_once("://").ok_or("the endpoint is not an absolute URL")?;
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme != "https" && scheme != "http" {
-            return Err("the endpoint's scheme must be https or http".into());
-        }
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = rest.get(..authority_end).unwrap_or_default();
-        if authority.contains('@') {
-            return Err("the endpoint must not carry userinfo (user@host)".into());
-        }
-        let (host, port) = split_host_port(authority)?;
-        if host.is_empty() {
-            return Err("the endpoint has no host".into());
-        }
-        let is_ipv6 = authority.starts_with('[');
-        if !is_ipv6 && !is_dns_name(host) {
-            return Err("the endpoint's host is not a plain DNS name or IP literal".into());
-        }
-        if is_ipv6 && !host.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
-            return Err("the endpoint's IPv6 literal is malformed".into());
-        }
-        let explicit_port = match port {
-            None => None,
-            Some(p) => Some(parse_port(p).ok_or("the endpoint's port is not a number from 1 to 65535")?),
-        };
-        Ok(Self { scheme, host: host.to_ascii_lowercase(), explicit_port })
+        let origin = origin::device_origin(url).map_err(|e| refusal_text(e).to_string())?;
+        Ok(Self {
+            scheme: origin.scheme.to_string(),
+            host: origin.host.to_ascii_lowercase(),
+            explicit_port: origin.port,
+        })
     }
 
     /// The port the request goes to.
@@ -97,6 +78,23 @@ impl Endpoint {
         let hex = last.strip_prefix("0x").unwrap_or_else(|| last.strip_prefix("0X").unwrap_or(last));
         let is_hex = hex.len() != last.len() && hex.chars().all(|c| c.is_ascii_hexdigit());
         is_hex || (!last.is_empty() && last.chars().all(|c| c.is_ascii_digit()))
+    }
+}
+
+/// An endpoint's parse error, in words that never repeat the URL.
+fn refusal_text(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::NotAbsolute => "the endpoint is not an absolute URL",
+        Refusal::Scheme => "the endpoint's scheme must be https or http",
+        Refusal::Userinfo => "the endpoint must not carry userinfo (user@host)",
+        // Only an operator's origin is refused for what follows it.
+        Refusal::NotAnOrigin => "the endpoint is not an origin",
+        Refusal::NoHost => "the endpoint has no host",
+        Refusal::Host => "the endpoint's host is not a plain DNS name or IP literal",
+        Refusal::UnclosedIpv6 => HostPortError::Unclosed.text(),
+        Refusal::AfterIpv6 => HostPortError::AfterIpv6.text(),
+        Refusal::Ipv6 => "the endpoint's IPv6 literal is malformed",
+        Refusal::Port => "the endpoint's port is not a number from 1 to 65535",
     }
 }
 
@@ -145,7 +143,7 @@ impl Rule {
         if authority.contains(['/', '#', '@']) {
             return Err("expected an origin glob (host, or scheme://host:port), without path or userinfo".into());
         }
-        let (host, port) = split_host_port(authority)?;
+        let (host, port) = split_host_port(authority).map_err(|e| e.text().to_string())?;
         let host_ok = if authority.starts_with('[') {
             host.chars().all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.' | '*' | '?'))
         } else {
@@ -213,37 +211,6 @@ impl AllowedEndpoints {
             Some(_) => Err(format!("{} is not in allowed_endpoints", endpoint.origin())),
         }
     }
-}
-
-/// Split `host[:port]` or `[v6][:port]`; the host comes back without brackets.
-fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), String> {
-    if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed.split_once(']').ok_or("an IPv6 literal lacks its closing ']'")?;
-        return match after {
-            "" => Ok((host, None)),
-            _ => after.strip_prefix(':').map(|p| (host, Some(p))).ok_or_else(|| "junk after an IPv6 literal".into()),
-        };
-    }
-    Ok(match authority.split_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (authority, None),
-    })
-}
-
-fn parse_port(raw: &str) -> Option<u16> {
-    if raw.is_empty() || raw.len() > 5 || !raw.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    raw.parse::<u16>().ok().filter(|p| *p != 0)
-}
-
-/// Letters, digits and `-` in non-empty labels. A trailing dot is refused:
-/// it would slip past the suffix rules and the allow-list globs.
-fn is_dns_name(host: &str) -> bool {
-    host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty() && label.len() <= 63 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod evidence;
 pub mod metrics;
 pub mod notify;
+pub mod origin;
 pub mod providers;
 pub mod routes;
 #[cfg(not(target_arch = "wasm32"))]
