@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::fit::{fit_blaming_default_payload, Fit};
+use super::json::deep_merge;
 use super::jwt::{JwtKey, JwtToSign};
 use super::style::{collapse_id, Style};
 use super::{
@@ -387,9 +388,7 @@ impl Shape {
             Self::Wake => json!({}),
             Self::EventIdOnly => event_id_only_payload(n, counts, default_payload),
             Self::Full(ours) => {
-                let mut payload = Value::Object(default_payload.cloned().unwrap_or_default());
-                deep_merge(&mut payload, Value::Object(ours.clone()));
-                payload
+                deep_merge(Value::Object(default_payload.cloned().unwrap_or_default()), Value::Object(ours.clone()))
             }
         }
     }
@@ -452,24 +451,6 @@ fn full_fields(n: &Notification, d: &Device, counts: Counts) -> Option<Map<Strin
         ours.insert("event_id".into(), event_id.as_str().into());
     }
     Some(ours)
-}
-
-/// Merge `over` into `base`: objects key by key, anything else replaced, so
-/// `default_payload`'s `aps.mutable-content` survives next to our `aps.alert`.
-fn deep_merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (key, value) in over {
-                match base.get_mut(&key) {
-                    Some(slot) => deep_merge(slot, value),
-                    None => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (base, over) => *base = over,
-    }
 }
 
 /// A localized alert: the key names a string in the app, filled with the args.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub use super::fit::truncate_utf8;
+use super::json::deep_merge;
 use super::jwt::{JwtKey, JwtToSign};
 use super::style::{self, collapse_id, Style, Urgency};
 use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
@@ -342,23 +343,6 @@ fn check_fcm_options(options: &Map<String, Value>) -> Result<(), String> {
 
 fn operator_data(options: &Map<String, Value>) -> Option<&Map<String, Value>> {
     options.get("data").and_then(Value::as_object)
-}
-
-/// Objects merge key by key; anywhere else `over` wins.
-pub fn deep_merge(base: Value, over: Value) -> Value {
-    match (base, over) {
-        (Value::Object(mut base), Value::Object(over)) => {
-            for (key, value) in over {
-                let merged = match base.remove(&key) {
-                    Some(old) => deep_merge(old, value),
-                    None => value,
-                };
-                base.insert(key, merged);
-            }
-            Value::Object(base)
-        }
-        (_, over) => over,
-    }
 }
 
 /// What gives way first when `data` is over [`MAX_DATA_BYTES`].
@@ -952,13 +936,6 @@ mod tests {
                 "fcm_options": {"analytics_label": "matrix"}
             }})
         );
-    }
-
-    #[test]
-    fn deep_merge_merges_objects_and_replaces_the_rest() {
-        let merged = deep_merge(json!({"a": {"b": 1, "c": 2}, "d": [1], "e": "x"}), json!({"a": {"b": 3}, "d": [2], "f": 1}));
-        assert_eq!(merged, json!({"a": {"b": 3, "c": 2}, "d": [2], "e": "x", "f": 1}));
-        assert_eq!(deep_merge(json!({"a": "x"}), json!({"a": {"b": 1}})), json!({"a": {"b": 1}}));
     }
 
     #[test]

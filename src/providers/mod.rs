@@ -9,6 +9,7 @@ pub mod apns;
 pub mod fcm;
 mod fit;
 pub mod hms;
+mod json;
 pub mod jwt;
 pub mod style;
 pub mod unifiedpush;
