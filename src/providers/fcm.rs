@@ -17,7 +17,7 @@ pub use super::fit::truncate_utf8;
 use super::json::deep_merge;
 use super::jwt::{JwtKey, JwtToSign};
 use super::style::{self, collapse_id, Style, Urgency};
-use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs, Verdict};
+use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, provider_text, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
 use crate::notify::{Counts, Device, Kind, Notification, Prio};
 
@@ -264,22 +264,14 @@ impl TokenRefusal {
     /// The error code and Google's explanation, which names the claim at
     /// fault and never echoes the assertion.
     fn describe(&self) -> String {
-        let code = self.error.as_deref().map_or("no error code", short);
+        let code = self.error.as_deref().map_or("no error code", provider_text);
         match self.error_description.as_deref() {
-            Some(why) => format!("{code}: {}", short(why)),
+            Some(why) => format!("{code}: {}", provider_text(why)),
             None => code.to_string(),
         }
     }
 }
 
-/// At most 160 bytes of provider text, for a log line.
-fn short(text: &str) -> &str {
-    let mut end = text.len().min(160);
-    while !text.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    text.get(..end).unwrap_or_default()
-}
 
 impl ServiceAccount {
     fn parse(raw: &str) -> Result<Self, String> {
@@ -676,7 +668,7 @@ impl FcmErrorBody {
         let message = error.get("message").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
         let message_says_token_invalid = message.contains("registration token") && message.contains("not a valid");
         Self {
-            status: error.get("status").and_then(Value::as_str).map(|s| short(s).to_string()),
+            status: error.get("status").and_then(Value::as_str).map(|s| provider_text(s).to_string()),
             error_code,
             token_invalid: violates_token || message_says_token_invalid,
         }

@@ -189,17 +189,23 @@ fn for_each_string(value: &mut Value, visit: &mut impl FnMut(&mut String)) {
     }
 }
 
+/// The longest start of `text` in at most `max_bytes` that ends on a
+/// character boundary: the one place a string is cut.
+pub fn cut_utf8(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    text.get(..end).unwrap_or_default()
+}
+
 /// `text` in at most `max_bytes`, cut on a character boundary and ending
 /// "…" when cut.
 pub fn truncate_utf8(text: &str, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
         return text.to_string();
     }
-    let mut end = max_bytes.saturating_sub(ELLIPSIS.len());
-    while !text.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    format!("{}{ELLIPSIS}", text.get(..end).unwrap_or_default())
+    format!("{}{ELLIPSIS}", cut_utf8(text, max_bytes.saturating_sub(ELLIPSIS.len())))
 }
 
 /// DESIGN.md "Outcomes": `Rejected` is for "the device's own unusable data,
@@ -333,6 +339,15 @@ mod tests {
         assert_eq!(truncate_utf8("a€bcdef", 7), "a€…");
         assert_eq!(truncate_utf8("😀😀", 5), "…");
         assert_eq!(truncate_utf8("abcdef", 2), "…", "never shorter than the ellipsis");
+    }
+
+    #[test]
+    fn cut_keeps_the_longest_start_that_ends_on_a_character_boundary() {
+        assert_eq!(cut_utf8("short", 10), "short");
+        assert_eq!(cut_utf8("a€b", 3), "a");
+        assert_eq!(cut_utf8("a€b", 4), "a€");
+        assert_eq!(cut_utf8("😀", 3), "");
+        assert_eq!(cut_utf8("abc", 0), "");
     }
 
     fn verdict_for(with: bool, without: bool) -> Result<Vec<u8>, Verdict> {

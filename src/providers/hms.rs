@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::fcm;
 use super::style::{Style, Urgency};
-use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Refusal, Secrets, UnixSecs, Verdict};
+use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, provider_text, Refusal, Secrets, UnixSecs, Verdict};
 use crate::config::HmsConfig;
 use crate::notify::{Device, Notification};
 
@@ -294,13 +294,13 @@ impl TokenAnswer {
     fn describe(&self) -> String {
         let code = |name: &str, v: &Option<Value>| match v {
             Some(Value::Number(n)) => Some(format!("{name} {n}")),
-            Some(Value::String(s)) => Some(format!("{name} {}", short(s))),
+            Some(Value::String(s)) => Some(format!("{name} {}", provider_text(s))),
             _ => None,
         };
         let parts: Vec<String> = [code("error", &self.error), code("sub_error", &self.sub_error)]
             .into_iter()
             .flatten()
-            .chain(self.error_description.as_deref().map(|d| short(d).to_string()))
+            .chain(self.error_description.as_deref().map(|d| provider_text(d).to_string()))
             .collect();
         if parts.is_empty() {
             "no error code".to_string()
@@ -409,7 +409,7 @@ impl SendAnswer {
         // HarmonyOS API: {"illegalTokens": {"tokenFormatError": ["…"]}, …}.
         if let Some(Value::Object(by_reason)) = msg.get("illegalTokens") {
             let listed = by_reason.iter().filter(|(_, t)| t.as_array().is_some_and(|t| !t.is_empty()));
-            reasons.extend(listed.map(|(reason, _)| short(reason).to_string()));
+            reasons.extend(listed.map(|(reason, _)| provider_text(reason).to_string()));
         }
         TokenReport { success: count("success"), reasons }
     }
@@ -507,14 +507,6 @@ fn dead_or_ours(label: &str, tokens: &TokenReport) -> Verdict {
     Verdict::new(tokens.outcome(), format!("{label}{because}"))
 }
 
-/// At most 160 bytes of provider text, for a log line.
-fn short(text: &str) -> &str {
-    let mut end = text.len().min(160);
-    while !text.is_char_boundary(end) {
-        end = end.saturating_sub(1);
-    }
-    text.get(..end).unwrap_or_default()
-}
 
 /// A run of this many token-like characters (base64, hex, ids) may be a
 /// push token or an access token: it is cut from a log line.
@@ -534,7 +526,7 @@ fn scrub(text: &str) -> String {
         }
         run.clear();
     };
-    for c in short(text).chars() {
+    for c in provider_text(text).chars() {
         if is_token_char(c) {
             run.push(c);
         } else {

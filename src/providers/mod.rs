@@ -334,6 +334,18 @@ pub fn normalize_pem(raw: &str) -> String {
     raw.trim().replace("\\n", "\n")
 }
 
+/// The most of a provider's own words (a status, an error code, a
+/// description, a message) that a verdict's reason, and so a log line,
+/// carries.
+pub const MAX_PROVIDER_TEXT_BYTES: usize = 160;
+
+/// A provider's own words for a verdict's reason: at most
+/// [`MAX_PROVIDER_TEXT_BYTES`], cut on a character boundary, so an answer
+/// cannot make a log line long.
+pub fn provider_text(text: &str) -> &str {
+    fit::cut_utf8(text, MAX_PROVIDER_TEXT_BYTES)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
