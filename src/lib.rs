@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod endpoints;
 pub mod error;
 pub mod evidence;
+pub mod fingerprint;
 pub mod metrics;
 pub mod notify;
 pub mod origin;

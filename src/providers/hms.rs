@@ -15,12 +15,12 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::fcm;
 use super::style::{Style, Urgency};
 use super::{AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, provider_text, Refusal, Secrets, UnixSecs, Verdict};
 use crate::config::HmsConfig;
+use crate::fingerprint::{fingerprint, hex};
 use crate::notify::{Device, Notification};
 
 const DEFAULT_ORIGIN: &str = "https://push-api.cloud.huawei.com";
@@ -85,8 +85,7 @@ impl HmsApp {
         // The token belongs to the app id; the secret's fingerprint in the
         // key keeps an entry with a wrong secret from sharing (and spoiling)
         // the token of the right one, and a new secret gets a new token.
-        let fingerprint: String = Sha256::digest(secret.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
-        let token_key = format!("hms:{}:{fingerprint}", config.hms_app_id);
+        let token_key = format!("hms:{}:{}", config.hms_app_id, hex(&fingerprint(&[secret.as_bytes()]), 8));
         Ok(Self { config, secret, token_url, token_key })
     }
 

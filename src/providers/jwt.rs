@@ -32,6 +32,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::Verdict;
+use crate::fingerprint::{fingerprint, hex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwtAlg {
@@ -238,9 +239,7 @@ fn rsa_size_error() -> String {
 }
 
 fn key_id(alg: &str, public: &[u8]) -> String {
-    let digest = Sha256::digest(public);
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{alg}:{hex}")
+    format!("{alg}:{}", hex(&fingerprint(&[public]), 8))
 }
 
 /// The JOSE header of every token edgepush signs.

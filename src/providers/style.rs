@@ -5,7 +5,8 @@
 //! Each comes from the app's settings and the pusher's `data` together:
 //! - counts: app `send_badge_counts` (default true) and pusher data
 //!   `disable_badge_count` (MSC4076, also under its unstable name);
-//! - collapsing: app `collapse_per_room` or pusher data `only_last_per_room`.
+//! - collapsing: app `collapse_per_room` or pusher data `only_last_per_room`;
+//!   a room's collapse id (APNs, FCM) and `Topic` (WebPush) are made here.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -109,8 +110,25 @@ pub fn collapse_id(room_id: &str) -> String {
     if usable {
         room_id.to_string()
     } else {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(room_id.as_bytes()))
+        room_digest(room_id)
     }
+}
+
+/// RFC 8030 5.4: a WebPush `Topic` is at most 32 base64url characters.
+pub const TOPIC_LEN: usize = 32;
+
+/// The per-room WebPush `Topic`, so the push service keeps only the room's
+/// latest push. A room id (up to 255 bytes, any character) never fits the
+/// `Topic` alphabet, so it is always hashed: the first [`TOPIC_LEN`]
+/// characters of [`collapse_id`]'s hash. The hash also keeps the room from
+/// the push service.
+pub fn topic(room_id: &str) -> String {
+    room_digest(room_id).chars().take(TOPIC_LEN).collect()
+}
+
+/// SHA-256 of the room id in base64url without padding (43 characters).
+fn room_digest(room_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(room_id.as_bytes()))
 }
 
 #[cfg(test)]
@@ -186,5 +204,17 @@ mod tests {
         }
         let at_limit = format!("!{}", "x".repeat(63));
         assert_eq!(collapse_id(&at_limit), at_limit);
+    }
+
+    #[test]
+    fn topics_are_32_base64url_characters_of_the_rooms_hash() {
+        for room in ["!abc:example.org", "!ü:example.org", ""] {
+            let t = topic(room);
+            assert_eq!(t.len(), TOPIC_LEN, "{room:?}");
+            assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{t}");
+        }
+        let long = format!("!{}:example.org", "x".repeat(60));
+        assert!(collapse_id(&long).starts_with(&topic(&long)), "one hash per room");
+        assert_ne!(topic("!a:x"), topic("!b:x"));
     }
 }

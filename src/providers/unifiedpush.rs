@@ -11,7 +11,6 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest as _, Sha256};
 
 use super::fit::Fit;
 use super::style::Style;
@@ -19,6 +18,7 @@ use super::{AnswerBody, OutRequest, Outcome, Prepared, ProviderResponse, UnixSec
 use crate::bounded::BoundedMap;
 use crate::config::UnifiedPushConfig;
 use crate::endpoints::AllowedEndpoints;
+use crate::fingerprint::fingerprint;
 use crate::notify::{Device, Kind, Notification};
 
 /// UnifiedPush distributors, like WebPush services, take 4096 bytes.
@@ -58,13 +58,10 @@ pub struct UnifiedPushApp {
     held: RefCell<BoundedMap<[u8; 16], UnixSecs>>,
 }
 
-/// An endpoint's key in `held`: a digest, so a held entry is small whatever
-/// the URL, and no endpoint can collide with another on purpose.
+/// An endpoint's key in `held`: its fingerprint, so a held entry is small
+/// whatever the URL, and no endpoint can collide with another on purpose.
 fn endpoint_key(url: &str) -> [u8; 16] {
-    let digest = Sha256::digest(url.as_bytes());
-    let mut key = [0u8; 16];
-    key.copy_from_slice(digest.get(..16).unwrap_or_default());
-    key
+    fingerprint(&[url.as_bytes()])
 }
 
 impl UnifiedPushApp {

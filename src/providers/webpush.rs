@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::fit::{fit_blaming_default_payload, Fit};
 use super::jwt::{JwtKey, JwtToSign};
-use super::style::{Style, Urgency};
+use super::style::{topic, Style, Urgency};
 use super::{
     normalize_pem, require_secret, AnswerBody, MintedToken, OutRequest, Outcome, Prepared, ProviderResponse, Secrets, UnixSecs,
     Verdict,
@@ -54,9 +54,6 @@ const VAPID_USE_SECS: u64 = VAPID_REUSE_SECS + 1800;
 const VAPID_LIFETIME_SECS: u64 = VAPID_REUSE_SECS + 3600;
 
 const DEFAULT_TTL_SECS: u64 = 900;
-/// RFC 8030 5.4: a `Topic` is at most 32 base64url characters.
-const TOPIC_LEN: usize = 32;
-
 /// The app's VAPID key pair. Its `Debug` shows the public half only.
 struct VapidKey {
     signing: Rc<JwtKey>,
@@ -277,14 +274,6 @@ fn urgency(urgency: Urgency) -> &'static str {
         Urgency::Soon => "normal",
         Urgency::Quiet => "low",
     }
-}
-
-/// One topic per room, so the push service keeps only the room's latest push.
-/// RFC 8030 5.4: a topic is at most 32 characters of the base64url alphabet,
-/// so a room id (up to 255 bytes, any character) is hashed; the hash also
-/// keeps the room from the push service.
-fn topic(room_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(room_id.as_bytes())).chars().take(TOPIC_LEN).collect()
 }
 
 /// DESIGN.md "Providers → WebPush": top-level `room_id`, `event_id`, `type`,
