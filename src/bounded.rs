@@ -67,6 +67,11 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.entries.remove(key).map(|(value, _)| value)
     }
 
+    /// Every value, in no particular order (not marked as used).
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(value, _)| value)
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -293,7 +293,7 @@ pub struct AppEntry {
     pub pattern: String,
     /// The usable app, or why this entry is broken (naming the field).
     pub app: Result<Rc<App>, String>,
-    /// What this isolate has seen of the app's sends.
+    /// What this isolate has seen of the app's sends, per app id.
     pub record: AppRecord,
 }
 
@@ -364,7 +364,7 @@ impl Apps {
                 app: AppConfig::parse(value)
                     .and_then(|config| App::load(config, secrets))
                     .map(Rc::new),
-                record: AppRecord::default(),
+                record: AppRecord::new(is_glob(pattern)),
             })
             .collect();
         let patterns: Vec<&str> = entries.iter().map(|e| e.pattern.as_str()).collect();

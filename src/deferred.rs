@@ -463,7 +463,9 @@ impl<T: Transport> Round<'_, T> {
                 match verdict.outcome {
                     // As in a notify, but the only evidence is the app's
                     // recent deliveries in this isolate.
-                    Outcome::Refused(refusal) => entry.record.judge(refusal, &verdict.reason, false, self.transport.now_ms()),
+                    Outcome::Refused(refusal) => {
+                        entry.record.judge(&push.app_id, refusal, &verdict.reason, false, self.transport.now_ms())
+                    }
                     _ => verdict,
                 }
             }

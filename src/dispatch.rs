@@ -2,6 +2,7 @@
 //! in one outcome, and `reply` alone turns outcomes into the answer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -180,8 +181,11 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
     pub async fn dispatch(&self, n: &Notification) -> Vec<(Device, DeviceReport)> {
         let started = self.transport.now_ms();
         let settled = join_all(n.devices.iter().enumerate().map(|(i, d)| self.deliver(n, d, i, started))).await;
-        let delivered_here: Vec<&str> =
-            settled.iter().filter(|s| s.delivered_by_send()).filter_map(|s| s.entry.map(|e| e.pattern.as_str())).collect();
+        // Evidence is per app id: a glob's app ids may be builds of different
+        // kinds (a production and a development build), proving nothing
+        // about each other.
+        let delivered_here: HashSet<String> =
+            settled.iter().filter(|s| s.delivered_by_send()).map(|s| s.report.app_id.clone()).collect();
         let now = self.transport.now_ms();
         let mut reports: Vec<DeviceReport> = settled.into_iter().map(|s| s.judge(&delivered_here, now)).collect();
         crate::deferred::hand_off(&self.transport, self.deferrable.take(), &n.devices, &mut reports, started).await;
@@ -307,7 +311,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
                 Err(e) => Verdict::transient(format!("network: {e}")),
             };
             if verdict.outcome == Outcome::Delivered {
-                entry.record.delivered(self.transport.now_ms());
+                entry.record.delivered(&d.app_id, self.transport.now_ms());
             }
             if let Some(auto) = &mut auto {
                 if auto.next(&verdict, entry, d) {
@@ -421,11 +425,12 @@ impl<'a> Settled<'a> {
 
     /// The device's final report: a refusal becomes `Rejected` with evidence
     /// that its app is configured right, else `Failed`.
-    fn judge(self, delivered_here: &[&str], now_ms: u64) -> DeviceReport {
+    fn judge(self, delivered_here: &HashSet<String>, now_ms: u64) -> DeviceReport {
         let verdict = match (self.verdict.outcome, self.entry) {
             (Outcome::Refused(refusal), Some(entry)) => {
-                let here = delivered_here.contains(&entry.pattern.as_str());
-                entry.record.judge(refusal, &self.verdict.reason, here, now_ms)
+                let app_id = self.report.app_id.as_str();
+                let here = delivered_here.contains(app_id);
+                entry.record.judge(app_id, refusal, &self.verdict.reason, here, now_ms)
             }
             _ => self.verdict,
         };
@@ -656,6 +661,8 @@ mod dispatch_tests {
                                      "convert_device_token_to_hex": false, "platform": "auto",
                                      "url": "http://production.test", "sandbox_url": "http://sandbox.test"},
                 "glob.*": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
+                "im.vector.app.ios.*": {"type": "apns", "topic": "im.vector.app", "team_id": "TEAM", "key_id": "KEY",
+                                        "key_secret": "APNS_KEY", "convert_device_token_to_hex": false, "platform": "production"},
                 "*.x": {"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY"},
                 "com.example.android": {"type": "fcm", "project_id": "p", "service_account_secret": "FCM"}
             })),
@@ -810,6 +817,33 @@ mod dispatch_tests {
         let n = notification(&[("glob.a", "live"), ("com.example.ios", "dead")]);
         let (answer, reports) = run_with(&t, &apps(), &n);
         assert_eq!(answer.status, 502, "another app's delivery proves nothing: {reports:?}");
+    }
+
+    #[test]
+    fn evidence_is_per_app_id_within_a_glob() {
+        // One glob, one platform: the production build's devices are
+        // delivered, the development build's are refused for the platform.
+        let t = FakeTransport::new();
+        let apps = apps();
+        t.answer("devbuild", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#))]);
+        let (prod, dev) = ("im.vector.app.ios.prod", "im.vector.app.ios.dev");
+        let (answer, reports) = run_with(&t, &apps, &notification(&[(prod, "live"), (dev, "devbuild")]));
+        assert_eq!(answer.status, 502, "a delivery to .prod is no evidence for .dev: {reports:?}");
+        assert_eq!(reports[1].outcome, FinalOutcome::Failed);
+        assert!(reports[1].reason.contains("not rejected"), "{}", reports[1].reason);
+        // Nor is .prod's recent delivery, in a later notify.
+        let (answer, _) = run_with(&t, &apps, &notification(&[(dev, "devbuild")]));
+        assert_eq!(answer.status, 502);
+        let entry = apps.entries.iter().find(|e| e.pattern == "im.vector.app.ios.*").unwrap();
+        let suspect = entry.record.suspect(t.now_ms()).unwrap();
+        assert!(suspect.starts_with(r#"suspect: "im.vector.app.ios.dev": 0 delivered, 2 BadDeviceToken"#), "{suspect}");
+        // A dead token of .prod is still rejected on .prod's own deliveries.
+        t.answer("gone", vec![Some((400, r#"{"reason":"BadDeviceToken"}"#))]);
+        let (answer, _) = run_with(&t, &apps, &notification(&[(prod, "gone")]));
+        assert_eq!(answer.body, json!({"rejected": ["gone"]}));
+        // Once .dev delivers, its own dead tokens are rejected in the same notify.
+        let (answer, _) = run_with(&t, &apps, &notification(&[(dev, "devlive"), (dev, "devbuild")]));
+        assert_eq!(answer.body, json!({"rejected": ["devbuild"]}));
     }
 
     #[test]

@@ -143,12 +143,12 @@ mod tests {
 
         let apps = Apps::load(Some(&json!({"a.up": {"type": "unifiedpush"}})), &secrets);
         let refusal = crate::providers::apns::DEVICE_TOKEN_NOT_FOR_TOPIC;
-        apps.entries[0].record.judge(refusal, "400 DeviceTokenNotForTopic", false, NOW);
+        apps.entries[0].record.judge("a.up", refusal, "400 DeviceTokenNotForTopic", false, NOW);
         let r = health(&apps, true, NOW + 1);
         assert_eq!(r.status, 503);
         let status = r.body["apps"]["a.up"].as_str().unwrap();
         assert!(status.starts_with("suspect: 0 delivered, 1 DeviceTokenNotForTopic") && status.ends_with("check topic"), "{status}");
-        apps.entries[0].record.delivered(NOW + 2);
+        apps.entries[0].record.delivered("a.up", NOW + 2);
         assert_eq!(health(&apps, true, NOW + 3).status, 200, "a delivery clears the suspicion");
     }
 }

@@ -150,6 +150,41 @@ describe("a misconfigured APNs app", () => {
     assert.deepEqual(later.json, { rejected: [alone] });
   });
 
+  test("a glob over two builds: the production build's deliveries are no evidence for the development build", async () => {
+    const [prod] = registeredPushkeys(fake, 1, { environment: "production", topic: TOPIC });
+    const [dev] = registeredPushkeys(fake, 1, { environment: "sandbox", topic: TOPIC });
+    const PROD = "com.example.app.ios.prod";
+    const DEV = "com.example.app.ios.dev";
+    const worker = await startWorker({
+      apps: {
+        "com.example.app.ios.*": {
+          type: "apns", topic: TOPIC, team_id: TEAM_ID, key_id: KEY_ID, key_secret: "APNS_KEY",
+          url: fake.origin, sandbox_url: fake.sandboxOrigin, platform: "production",
+        },
+      },
+      secrets: { APNS_KEY: key.p8 },
+    });
+    workers.push(worker);
+    const r = await worker.notify(notification([device(prod, PROD), device(dev, DEV)]));
+    assertStatus(r, 502);
+    assert.equal(r.json.rejected, undefined, "the development build's pusher is kept");
+    assert.equal(fake.delivered.length, 1);
+    const again = await worker.notify(notification([device(dev, DEV)]));
+    assertStatus(again, 502);
+
+    const health = await worker.request("/health");
+    assertStatus(health, 503);
+    const status = health.json.apps["com.example.app.ios.*"];
+    assert.match(status, /^suspect: "com\.example\.app\.ios\.dev": 0 delivered, 2 BadDeviceToken in the last 10 minutes/, status);
+    assert.ok(!status.includes(PROD), status);
+
+    // The production build's own dead token is still rejected.
+    const dead = randomPushkey();
+    const gone = await worker.notify(notification([device(dead, PROD)]));
+    assertStatus(gone, 200);
+    assert.deepEqual(gone.json, { rejected: [dead] });
+  });
+
   test("410 needs no evidence: an unregistered token is rejected even by a fresh isolate", async () => {
     const [k] = registeredPushkeys(fake, 1, { environment: "production", topic: TOPIC });
     fake.answer(hexToken(k), "Unregistered");
