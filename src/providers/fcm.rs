@@ -22,15 +22,15 @@ use super::json::deep_merge;
 use super::style::{self, collapse_id, Style, Urgency};
 use super::{AnswerBody, OutRequest, Outcome, Prepared, ProviderResponse, provider_text, Secrets, UnixSecs, Verdict};
 use crate::config::FcmConfig;
-use crate::notify::{Counts, Device, Kind, Notification, Prio};
+use crate::notify::{Counts, Device, Kind, Notification, Prio, MAX_ID_BYTES};
 
 const DEFAULT_ORIGIN: &str = "https://fcm.googleapis.com";
 /// "Each value ≤ 1024 bytes (cut on a character boundary, ending "…")".
 pub const MAX_DATA_VALUE_BYTES: usize = 1024;
 /// "the whole `data` ≤ 4096 bytes": keys and values, as FCM counts them.
 pub const MAX_DATA_BYTES: usize = 4096;
-/// The operator's `fcm_options.data` stays small, so that whatever does not
-/// fit in `data` is the device's `default_payload` (and so `Rejected`).
+/// The operator's `fcm_options.data` stays small, so that it leaves room for
+/// the ids and the devices' `default_payload`s.
 const MAX_OPERATOR_DATA_BYTES: usize = 1024;
 /// A field trimmed shorter than this says nothing: drop it instead.
 const MIN_TRIMMED_VALUE_BYTES: usize = 16;
@@ -254,6 +254,7 @@ fn data_entries(
     for (key, value) in operator.into_iter().flatten() {
         data.put_json(key, value, Keep::Always);
     }
+    data.operator_bytes = data.size(keys_and_values);
     // "badge-only — no event_id: only the counts".
     if kind != Kind::BadgeOnly {
         for (key, value) in default_payload.into_iter().flatten() {
@@ -261,6 +262,7 @@ fn data_entries(
         }
         data.put_opt("event_id", n.event_id.as_deref(), Keep::Always);
     }
+    data.worst_case = worst_case_always(kind, default_payload);
     data.put_opt("room_id", n.room_id.as_deref(), Keep::Always);
     if let Some(unread) = counts.unread {
         data.put("unread", unread.to_string(), Keep::Always);
@@ -284,6 +286,25 @@ fn data_entries(
         }
     }
     Ok(data)
+}
+
+/// What `data_entries` always keeps, for a device with this
+/// `default_payload` and no operator `data`, when the ids and counts are the
+/// longest there can be: a fixed measure of the device's own data.
+fn worst_case_always(kind: Kind, default_payload: Option<&Map<String, Value>>) -> WorstCase {
+    let longest_id = "x".repeat(MAX_ID_BYTES);
+    let mut worst = DataBuilder::default();
+    if kind != Kind::BadgeOnly {
+        for (key, value) in default_payload.into_iter().flatten() {
+            worst.put_json(key, value, Keep::Always);
+        }
+        worst.put("event_id", longest_id.clone(), Keep::Always);
+    }
+    worst.put("room_id", longest_id, Keep::Always);
+    worst.put("unread", u64::MAX.to_string(), Keep::Always);
+    worst.put("missed_calls", u64::MAX.to_string(), Keep::Always);
+    worst.put("prio", Prio::High.as_str().to_string(), Keep::Always);
+    WorstCase(worst.entries.into_iter().map(|(k, (v, _))| (k, v)).collect())
 }
 
 /// The text of a message the pusher's format does not let us show, or that
@@ -364,6 +385,24 @@ fn fit_shown(mut shown: Map<String, Value>, room: usize) -> Map<String, Value> {
 #[derive(Default)]
 struct DataBuilder {
     entries: BTreeMap<String, (String, Keep)>,
+    /// What is always kept, with the device's `default_payload`, no operator
+    /// `data` and the longest ids and counts there can be: over the budget,
+    /// no push can carry that `default_payload` whatever our configuration
+    /// and the notification.
+    worst_case: WorstCase,
+    /// The bytes of the operator's `fcm_options.data`, as put.
+    operator_bytes: usize,
+}
+
+/// The entries of [`DataBuilder::worst_case`].
+#[derive(Default)]
+struct WorstCase(Vec<(String, String)>);
+
+impl WorstCase {
+    fn size(&self, size: DataSize) -> usize {
+        let entries: Vec<(&str, &str)> = self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        size(&entries)
+    }
 }
 
 impl DataBuilder {
@@ -425,9 +464,22 @@ impl DataBuilder {
                 .max_by_key(|(_, (value, keep))| (*keep, value.len()))
                 .map(|(key, _)| key.clone());
             let Some(victim) = victim else {
-                return Err(Verdict::rejected(format!(
-                    "data is over {budget} bytes even with only ids, counts and default_payload"
-                )));
+                // Only what is always kept is left. The device is to blame
+                // only if its own data leaves no room for the longest ids
+                // even without ours; otherwise our `fcm_options.data` is.
+                let device_worst_case = self.worst_case.size(size);
+                return Err(if self.operator_bytes == 0 || device_worst_case > budget {
+                    Verdict::rejected(format!(
+                        "data.default_payload is too big: {device_worst_case} bytes with the longest ids and no \
+                         fcm_options.data, over {budget}"
+                    ))
+                } else {
+                    Verdict::failed(format!(
+                        "data is over {budget} bytes with fcm_options.data ({} bytes) beside the ids, counts and \
+                         default_payload: make fcm_options.data smaller",
+                        self.operator_bytes
+                    ))
+                });
             };
             let Some((value, _)) = self.entries.get_mut(&victim) else {
                 return Ok(());
@@ -960,6 +1012,36 @@ mod tests {
         for kept in ["a", "b", "c", "event_id", "room_id", "unread"] {
             assert!(sent["data"].get(kept).is_some(), "{kept}");
         }
+    }
+
+    #[test]
+    fn a_default_payload_that_fits_without_our_data_is_not_rejected_for_it() {
+        // 3448 bytes of the device's own, 1016 of the operator's: together
+        // over 4096, but the device's alone leaves room for the longest ids.
+        let payload: Map<String, Value> = (0..4).map(|i| (format!("k{i}"), json!("x".repeat(860)))).collect();
+        let operator: Map<String, Value> = (0..2).map(|i| (format!("op{i}"), json!("o".repeat(505)))).collect();
+        let a = app_with(json!({"fcm_options": {"data": operator}}));
+        let n = notification(json!({"event_id": "$e", "room_id": "!r:example.org", "devices": [android_device(json!({"default_payload": payload}))]}));
+        let verdict = a.prepare(&n, &n.devices[0], NOW).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Failed, "{}", verdict.reason);
+        assert!(verdict.reason.contains("fcm_options.data"), "{}", verdict.reason);
+        // Without the operator's data the same device is delivered.
+        assert!(app().prepare(&n, &n.devices[0], NOW).is_ok());
+    }
+
+    #[test]
+    fn a_default_payload_is_judged_with_the_longest_ids_not_this_notifications() {
+        // 3700 bytes: a push with short ids and no operator data carries it...
+        let payload: Map<String, Value> = (0..4).map(|i| (format!("k{i}"), json!("x".repeat(923)))).collect();
+        let short = notification(json!({"event_id": "$e", "room_id": "!r", "devices": [android_device(json!({"default_payload": payload}))]}));
+        assert!(app().prepare(&short, &short.devices[0], NOW).is_ok());
+        // ...but with the operator's 1000 bytes it does not fit, and it is
+        // rejected only because it leaves no room for the longest ids even
+        // without ours.
+        let operator: Map<String, Value> = (0..2).map(|i| (format!("op{i}"), json!("o".repeat(490)))).collect();
+        let verdict = app_with(json!({"fcm_options": {"data": operator}})).prepare(&short, &short.devices[0], NOW).unwrap_err();
+        assert_eq!(verdict.outcome, Outcome::Rejected, "{}", verdict.reason);
+        assert!(verdict.reason.contains("default_payload"), "{}", verdict.reason);
     }
 
     #[test]

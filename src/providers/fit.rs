@@ -214,6 +214,16 @@ pub fn truncate_utf8(text: &str, max_bytes: usize) -> String {
 /// device's `default_payload`: no push to that device can ever carry it.
 /// Otherwise the notification itself is too big for us to send: `Failed`.
 ///
+/// The test is made with this notification, not with a fixed worst case as
+/// FCM's `data` is (where the operator's `fcm_options.data` shares the
+/// room): the APNs and WebPush payloads built around a `default_payload`
+/// hold nothing of the operator's, only the notification, whose parts that
+/// cannot be cut (ids, counts) are bounded. A `default_payload` this
+/// notification cannot carry cannot carry the worst case either, so a
+/// worst-case test would reach the same verdict whenever the notification
+/// fits alone; and when it does not (a huge `sound` tweak), `Failed` is
+/// the safe answer.
+///
 /// `fit_with` builds and fits the payload around a `default_payload`.
 pub fn fit_blaming_default_payload(
     default_payload: Option<&Map<String, Value>>,
