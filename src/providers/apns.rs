@@ -581,7 +581,9 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
     let outcome = match (response.status, reason) {
         (200, _) => Outcome::Delivered,
         // Only a token APNs knew for this topic can have become inactive.
-        (410, _) => Outcome::Rejected,
+        // A 410 without one of these reasons says nothing readable about
+        // the device (a proxy's answer, a cut body): ours to look at.
+        (410, Unregistered | ExpiredToken) => Outcome::Rejected,
         (400, BadDeviceToken) => Outcome::Refused(BAD_DEVICE_TOKEN),
         (400, DeviceTokenNotForTopic) => Outcome::Refused(DEVICE_TOKEN_NOT_FOR_TOPIC),
         // About our topic, never the device.
@@ -1163,7 +1165,11 @@ mod tests {
             (200, "", Outcome::Delivered, ""),
             (410, &reason_body("Unregistered"), Outcome::Rejected, "410 Unregistered"),
             (410, &reason_body("ExpiredToken"), Outcome::Rejected, "410 ExpiredToken"),
-            (410, "", Outcome::Rejected, "410"),
+            (410, "", Outcome::Failed, "410"),
+            (410, r#"{"reason":"Unregist"#, Outcome::Failed, "410"),
+            (410, "<html>Gone</html>", Outcome::Failed, "410"),
+            (410, &reason_body("BadDeviceToken"), Outcome::Failed, "410 BadDeviceToken"),
+            (410, &reason_body("SomethingNew"), Outcome::Failed, "410 SomethingNew"),
             (400, &reason_body("BadDeviceToken"), Outcome::Refused(BAD_DEVICE_TOKEN), "400 BadDeviceToken"),
             (400, &reason_body("DeviceTokenNotForTopic"), Outcome::Refused(DEVICE_TOKEN_NOT_FOR_TOPIC), "400 DeviceTokenNotForTopic"),
             (400, &reason_body("TopicDisallowed"), Outcome::Failed, "400 TopicDisallowed"),
