@@ -33,9 +33,15 @@ impl Default for Settings {
     }
 }
 
+/// The longest `SEND_TIMEOUT_MS` honoured: a send waited on longer than a
+/// minute is no send a homeserver still waits for (and a mint's worst case,
+/// which waiters wait out, is two of them).
+pub const MAX_SEND_TIMEOUT_MS: u64 = 60_000;
+
 impl Settings {
     /// Reads each knob by name; a missing or unparsable value keeps its
-    /// default and is reported in the returned warnings.
+    /// default, and one over its maximum is capped, both reported in the
+    /// returned warnings.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
         let mut s = Self::default();
         let mut warnings = Vec::new();
@@ -61,6 +67,10 @@ impl Settings {
         s.max_devices = usize::try_from(devices).unwrap_or(usize::MAX);
         s.max_tries = u32::try_from(tries.min(10)).unwrap_or(10);
         s.max_subrequests = u32::try_from(subrequests).unwrap_or(u32::MAX);
+        if s.send_timeout_ms > MAX_SEND_TIMEOUT_MS {
+            warnings.push(format!("SEND_TIMEOUT_MS={} is over {MAX_SEND_TIMEOUT_MS}; using {MAX_SEND_TIMEOUT_MS}", s.send_timeout_ms));
+            s.send_timeout_ms = MAX_SEND_TIMEOUT_MS;
+        }
         (s, warnings)
     }
 }
@@ -594,6 +604,12 @@ mod tests {
         assert_eq!(s.max_tries, 3);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("MAX_TRIES"));
+        for (raw, expected, warned) in [("60000", 60_000, false), ("60001", MAX_SEND_TIMEOUT_MS, true), ("18446744073709551615", MAX_SEND_TIMEOUT_MS, true)] {
+            let (s, w) = Settings::from_vars(|k| (k == "SEND_TIMEOUT_MS").then(|| raw.to_string()));
+            assert_eq!(s.send_timeout_ms, expected, "{raw}");
+            assert_eq!(w.len(), usize::from(warned), "{raw}: {w:?}");
+            assert!(w.iter().all(|w| w.contains("SEND_TIMEOUT_MS") && w.contains("60000")), "{w:?}");
+        }
     }
 
     #[test]

@@ -86,6 +86,26 @@ pub struct DeviceReport {
     pub rate_limited: bool,
 }
 
+impl DeviceReport {
+    /// The report of a device not yet sent to. Its outcome is `Failed`
+    /// until a verdict replaces it: a report that somehow escaped one must
+    /// never reject a pushkey.
+    pub fn new(d: &Device) -> Self {
+        Self {
+            app_id: d.app_id.clone(),
+            pushkey: d.pushkey.short(),
+            provider: "none",
+            outcome: FinalOutcome::Failed,
+            status: None,
+            reason: String::new(),
+            tries: 0,
+            token: None,
+            ms: 0,
+            rate_limited: false,
+        }
+    }
+}
+
 /// A device's final outcome, after retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,18 +214,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
 
     async fn deliver(&self, n: &Notification, d: &Device, index: usize, request_started: u64) -> Settled<'a> {
         let started = self.transport.now_ms();
-        let mut report = DeviceReport {
-            app_id: d.app_id.clone(),
-            pushkey: d.pushkey.short(),
-            provider: "none",
-            outcome: FinalOutcome::Rejected,
-            status: None,
-            reason: String::new(),
-            tries: 0,
-            token: None,
-            ms: 0,
-            rate_limited: false,
-        };
+        let mut report = DeviceReport::new(d);
         let settle = |report, verdict, entry| Settled::new(report, verdict, entry, started, &self.transport);
         if let Some(error) = &self.apps.global_error {
             // Without a usable APPS nothing can be said about any device.
@@ -348,7 +357,8 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
         }
         let wait = backoff_ms(self.settings.retry_base_ms, report.tries, retry_after, self.transport.random());
         let elapsed = self.transport.now_ms().saturating_sub(request_started);
-        if elapsed + wait + self.settings.send_timeout_ms > REQUEST_BUDGET_MS.max(self.settings.send_timeout_ms) {
+        let next_try_ends = elapsed.saturating_add(wait).saturating_add(self.settings.send_timeout_ms);
+        if next_try_ends > REQUEST_BUDGET_MS.max(self.settings.send_timeout_ms) {
             return Some(verdict);
         }
         self.transport.sleep(wait).await;
@@ -539,6 +549,13 @@ mod tests {
             assert_eq!(r.status, 502);
             assert_eq!(r.body["errcode"], "M_UNKNOWN");
         }
+    }
+
+    #[test]
+    fn a_new_report_is_failed_until_a_verdict_says_otherwise() {
+        let r = DeviceReport::new(&device("a-long-pushkey"));
+        assert_eq!(r.outcome, FinalOutcome::Failed);
+        assert_eq!((r.tries, r.status, r.pushkey.contains("a-long-pushkey")), (0, None, false));
     }
 
     #[test]
@@ -954,6 +971,18 @@ mod dispatch_tests {
         // The key names the device without carrying its pushkey.
         let key = rate_limit_key("com.example.ios", "flood");
         assert!(!key.contains("flood") && key != rate_limit_key("com.example.io", "sflood"));
+    }
+
+    #[test]
+    fn the_retry_budget_check_cannot_overflow() {
+        let t = FakeTransport::new();
+        t.answer("slow", vec![Some((503, "")), Some((200, ""))]);
+        let (apps, tokens) = (apps(), TokenCache::default());
+        let settings = Settings { send_timeout_ms: u64::MAX, ..Settings::default() };
+        let d = Dispatcher::new(&t, &apps, &settings, &tokens);
+        let results = drive(&t.clock, d.dispatch(&notification(&[("com.example.ios", "slow")])));
+        assert_eq!(reply(&results).status, 200, "retried within a budget as long as the send timeout");
+        assert_eq!(results[0].1.tries, 2);
     }
 
     #[test]

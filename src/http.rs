@@ -99,8 +99,9 @@ pub async fn send_texts(queue: &Queue, messages: &[(String, u64)]) -> Result<(),
     Ok(())
 }
 
-impl Transport for WorkerTransport<'_> {
-    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+impl WorkerTransport<'_> {
+    /// `send`, with errors as workerd words them.
+    async fn exchange(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
         let headers = web_sys::Headers::new().map_err(describe)?;
         for (name, value) in &request.headers {
             headers.set(name, value).map_err(|e| format!("bad header {name}: {}", describe(e)))?;
@@ -129,6 +130,13 @@ impl Transport for WorkerTransport<'_> {
             }
         };
         Ok(ProviderResponse { status, headers, body })
+    }
+}
+
+impl Transport for WorkerTransport<'_> {
+    /// Errors go into logs: any URL in them is cut to its origin.
+    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+        self.exchange(request).await.map_err(|e| request.redact(&e))
     }
 
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {

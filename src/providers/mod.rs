@@ -70,6 +70,17 @@ impl OutRequest {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    /// `text`, a network error's words, fit for a log: workerd's errors may
+    /// quote the request's URL (`Fetch API cannot load: <url>`, `Invalid URL:
+    /// <url>`), whose path is the whole pushkey for WebPush and UnifiedPush
+    /// and holds the device token for APNs. This request's URL, and any other
+    /// URL in the text (it may be quoted as the runtime re-serialised it),
+    /// is cut to its origin.
+    pub fn redact(&self, text: &str) -> String {
+        let text = if self.url.is_empty() { text.to_string() } else { text.replace(&self.url, url_origin(&self.url)) };
+        urls_cut_to_origins(&text)
+    }
+
     /// Replace or add a header.
     pub fn set_header(&mut self, name: &str, value: String) {
         self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -77,12 +88,53 @@ impl OutRequest {
     }
 }
 
-/// Requests carry credentials: their `Debug` shows the URL and header names only.
+/// The origin of an absolute URL (`scheme://host[:port]`, without
+/// userinfo); the whole text when it has no `://`.
+pub fn url_origin(url: &str) -> &str {
+    let Some(scheme_end) = url.find("://") else { return url };
+    let after = scheme_end.saturating_add(3);
+    let authority_end = url.get(after..).and_then(|rest| rest.find(['/', '?', '#'])).map_or(url.len(), |i| after + i);
+    url.get(..authority_end).unwrap_or(url)
+}
+
+/// Every `scheme://…` in `text` cut to its origin: what follows the
+/// authority, up to a space or a quote, is left out. Userinfo goes too.
+fn urls_cut_to_origins(text: &str) -> String {
+    let is_scheme_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.');
+    let ends_url = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, from_sep) = rest.split_at(at);
+        let scheme_start =
+            before.char_indices().rev().take_while(|(_, c)| is_scheme_char(*c)).last().map_or(before.len(), |(i, _)| i);
+        let (kept, scheme) = before.split_at(scheme_start);
+        out.push_str(kept);
+        let after_sep = from_sep.get(3..).unwrap_or_default();
+        let url_end = after_sep.find(ends_url).unwrap_or(after_sep.len());
+        let (url_rest, tail) = after_sep.split_at(url_end);
+        let authority = url_rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        if scheme.is_empty() {
+            out.push_str("://");
+        } else {
+            out.push_str(scheme);
+            out.push_str("://");
+        }
+        out.push_str(host);
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Requests carry credentials and pushkeys: their `Debug` shows the URL's
+/// origin and header names only.
 impl fmt::Debug for OutRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("OutRequest")
-            .field("url", &self.url)
+            .field("origin", &url_origin(&self.url))
             .field("headers", &names)
             .field("body_len", &self.body.len())
             .field("answer_body", &self.answer_body)
@@ -366,6 +418,33 @@ mod tests {
         r.set_header("Authorization", "bearer SECRET".into());
         assert_eq!(r.header("authorization"), Some("bearer SECRET"));
         assert!(!format!("{r:?}").contains("SECRET"));
+        r.url = "https://push.example.net/wpush/v2/SECRETPATH".into();
+        let shown = format!("{r:?}");
+        assert!(shown.contains("https://push.example.net") && !shown.contains("SECRETPATH"), "{shown}");
+    }
+
+    #[test]
+    fn network_errors_are_redacted_to_the_origin() {
+        let request = |url: &str| OutRequest { url: url.into(), headers: vec![], body: vec![], answer_body: AnswerBody::Cancel };
+        let up = request("https://ntfy.example.net/upSECRETtopic?up=1");
+        assert_eq!(
+            up.redact("TypeError: Fetch API cannot load: https://ntfy.example.net/upSECRETtopic?up=1"),
+            "TypeError: Fetch API cannot load: https://ntfy.example.net"
+        );
+        let apns = request("https://api.push.apple.com/3/device/0123abcdSECRET");
+        assert_eq!(apns.redact("Invalid URL: https://api.push.apple.com/3/device/0123abcdSECRET."), "Invalid URL: https://api.push.apple.com.");
+        // As the runtime re-serialised it, quoted, twice, with userinfo.
+        let text = up.redact(r#"cannot load "HTTPS://NTFY.example.net:443/upSECRETtopic" (was https://u:p@ntfy.example.net/upSECRETtopic#x) then"#);
+        // (What follows an authority is dropped up to a space or a quote.)
+        assert_eq!(text, r#"cannot load "HTTPS://NTFY.example.net:443" (was https://ntfy.example.net then"#);
+        // Errors without a URL are left alone, and odd text does not panic.
+        assert_eq!(up.redact("Network connection lost."), "Network connection lost.");
+        for odd in ["://", "a://", "é://ü/x", "x:///y", "https://", "://x/y z"] {
+            assert!(!up.redact(odd).contains("/y"), "{odd}: {}", up.redact(odd));
+        }
+        assert_eq!(request("").redact("text"), "text");
+        assert_eq!(url_origin("http://127.0.0.1:9/x"), "http://127.0.0.1:9");
+        assert_eq!(url_origin("no url"), "no url");
     }
 }
 

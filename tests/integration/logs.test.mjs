@@ -82,6 +82,8 @@ describe("logs", () => {
         "logs.web": { type: "webpush", vapid_private_key_secret: "VAPID_KEY", vapid_contact: "mailto:ops@example.com", allowed_endpoints: LOCAL },
         "logs.web.damaged": { type: "webpush", vapid_private_key_secret: "VAPID_DAMAGED", vapid_contact: "mailto:ops@example.com", allowed_endpoints: LOCAL },
         "logs.up": { type: "unifiedpush", allowed_endpoints: LOCAL },
+        // Hosts fetch refuses as URLs (127.0.0.999): its error quotes the URL.
+        "logs.up.badhost": { type: "unifiedpush", allowed_endpoints: ["http://127.0.0.*:*"] },
       },
       secrets: secretValues,
       vars: { MAX_TRIES: "2", RETRY_BASE_MS: "1" },
@@ -166,6 +168,20 @@ describe("logs", () => {
       assert.ok(!answer.text.includes(quoted.pushkey), `the answer echoes the pushkey: ${answer.text}`);
     }
     assert.deepEqual(apns.violations.filter((v) => !v.includes("InvalidProviderToken")), []);
+  });
+
+  test("a network error that quotes the URL is logged with the endpoint's origin only", async () => {
+    const path = `/up${crypto.randomBytes(20).toString("hex")}`;
+    const pushkey = `http://127.0.0.999:9${path}?up=1`;
+    pushkeys.add(pushkey);
+    pushkeys.add(path);
+    const r = await send(notification([{ app_id: "logs.up.badhost", pushkey }]));
+    assert.equal(r.status, 502, r.text);
+    const logged = await worker.waitForLog((l) => l.message.includes('"app_id":"logs.up.badhost"'));
+    const device = JSON.parse(logged.message).devices[0];
+    assert.equal(device.outcome, "transient", logged.message);
+    assert.match(device.reason, /^network: .*http:\/\/127\.0\.0\.999:9/, "the origin is kept");
+    assert.ok(!device.reason.includes("/up"), device.reason);
   });
 
   test("one JSON line per notify: request id, status, time, and per device app id, outcome, status, tries", async () => {
