@@ -594,6 +594,9 @@ impl<T: Transport> Transport for Metered<'_, T> {
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
         self.inner.sign(jwt).await
     }
+    fn is_spent(&self) -> bool {
+        self.budget.get() == 0 || self.inner.is_spent()
+    }
 }
 
 /// Splits message sizes into runs that one `sendBatch` takes: at most 100

@@ -57,6 +57,11 @@ pub trait Transport {
     async fn defer(&self, _pushes: &[Enqueue]) -> Result<(), String> {
         Err("no deferred-delivery queue is bound".into())
     }
+    /// Whether this request may send no more (its subrequest budget is
+    /// spent): `send` would refuse.
+    fn is_spent(&self) -> bool {
+        false
+    }
 }
 
 /// No retry starts after this much time in one request: the homeserver's
@@ -127,12 +132,6 @@ pub struct Budgeted<'a, T: Transport> {
     left: Cell<u32>,
 }
 
-impl<T: Transport> Budgeted<'_, T> {
-    pub fn is_spent(&self) -> bool {
-        self.left.get() == 0
-    }
-}
-
 impl<T: Transport> Transport for Budgeted<'_, T> {
     async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
         let left = self.left.get();
@@ -171,6 +170,9 @@ impl<T: Transport> Transport for Budgeted<'_, T> {
     }
     async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
         self.inner.defer(pushes).await
+    }
+    fn is_spent(&self) -> bool {
+        self.left.get() == 0 || self.inner.is_spent()
     }
 }
 
@@ -333,7 +335,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
                 }
                 reminted = true;
                 if let (Some(key), Some(token)) = (&prepared.token_key, &used_token) {
-                    self.tokens.invalidate(key, token);
+                    self.tokens.invalidate(key, token, self.transport.now_ms());
                 }
                 continue;
             }
@@ -746,18 +748,31 @@ mod dispatch_tests {
 
     #[test]
     fn stale_token_is_reminted_once() {
+        // FCM: a new access token, and the send goes through.
         let t = FakeTransport::new();
-        t.answer("once", vec![Some((403, r#"{"reason":"ExpiredProviderToken"}"#)), Some((200, ""))]);
-        let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "once")]));
-        assert_eq!(answer.status, 200);
-        assert_eq!(t.sent_to("once"), 2);
+        let first = r#"{"access_token":"ya29.first","expires_in":3599,"token_type":"Bearer"}"#;
+        let second = r#"{"access_token":"ya29.second","expires_in":3599,"token_type":"Bearer"}"#;
+        t.answer("token", vec![Some((200, first)), Some((200, second))]);
+        t.answer("messages:send", vec![Some((401, "")), Some((200, "{}"))]);
+        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.android", "once")]));
+        assert_eq!(answer.status, 200, "{reports:?}");
+        assert_eq!((t.sent_to("token"), t.sent_to("messages:send")), (2, 2));
+        let auth: Vec<String> =
+            t.sent.borrow().iter().filter(|r| r.url.ends_with(":send")).map(|r| r.header("authorization").unwrap().to_string()).collect();
+        assert_eq!(auth, ["Bearer ya29.first", "Bearer ya29.second"]);
 
-        let t = FakeTransport::new();
-        t.answer("always", vec![Some((403, r#"{"reason":"InvalidProviderToken"}"#))]);
-        let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "always")]));
-        assert_eq!(answer.status, 502);
-        assert_eq!(reports[0].outcome, FinalOutcome::Failed);
-        assert_eq!(t.sent_to("always"), 2, "one re-mint, then failed");
+        // APNs signs the same token for its whole window: the refused token
+        // is not sent again, the device fails at once.
+        for body in [r#"{"reason":"ExpiredProviderToken"}"#, r#"{"reason":"InvalidProviderToken"}"#] {
+            let t = FakeTransport::new();
+            t.answer("always", vec![Some((403, body)), Some((200, ""))]);
+            let (answer, reports) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "always")]));
+            assert_eq!(answer.status, 502);
+            assert_eq!(reports[0].outcome, FinalOutcome::Failed);
+            assert!(reports[0].reason.contains("same as the refused one"), "{}", reports[0].reason);
+            assert_eq!(t.sent_to("always"), 1, "{body}: one send, no second with the same token");
+            assert_eq!(t.kv.borrow().len(), 1, "written once");
+        }
     }
 
     #[test]

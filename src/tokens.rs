@@ -40,7 +40,8 @@ pub const MAX_SHARED_KEYS: usize = 256;
 /// least recently used tokens be signed again.
 pub const MAX_LOCAL_KEYS: usize = 1024;
 
-/// How long a refused credential (a `Failed` mint) is not minted again.
+/// How long a refused credential (a `Failed` mint) is not minted again, and
+/// a refused token that a mint gives anew is not sent again.
 const REFUSAL_MEMORY_MS: u64 = 10_000;
 /// After a failed renewal, while the token still works, the next try waits this long.
 const RENEW_RETRY_MS: u64 = 10_000;
@@ -83,6 +84,9 @@ pub struct TokenCache {
     /// How long a caller waits for another caller's mint before minting
     /// itself: a mint's worst case.
     mint_wait_ms: u64,
+    /// How long a minting caller waits for its token's KV write: a send
+    /// timeout, as the shell bounds a KV read.
+    kv_write_ms: u64,
     next_flight: Cell<u64>,
 }
 
@@ -102,8 +106,10 @@ struct Slot {
     refusal: Option<(Verdict, u64)>,
     /// When a renewal last failed (ms), while the token still worked.
     renewal_failed_at: Option<u64>,
-    /// The token the provider refused last: never taken back from KV.
-    refused: Option<String>,
+    /// The token the provider refused last, and when (ms): never taken
+    /// back from KV, and not used again when a mint gives it anew
+    /// (deterministic signatures) until `REFUSAL_MEMORY_MS` have passed.
+    refused: Option<(String, u64)>,
 }
 
 struct Held {
@@ -179,6 +185,7 @@ impl TokenCache {
             shared: RefCell::new(BoundedMap::new(MAX_SHARED_KEYS)),
             local: RefCell::new(BoundedMap::new(MAX_LOCAL_KEYS)),
             mint_wait_ms: send_timeout_ms.saturating_mul(2).saturating_add(MINT_MARGIN_MS),
+            kv_write_ms: send_timeout_ms,
             next_flight: Cell::new(0),
         }
     }
@@ -205,15 +212,16 @@ impl TokenCache {
         })
     }
 
-    /// Forget `rejected` (a token the provider refused), unless it was already
-    /// replaced; the next load will not take it back from KV either.
-    pub fn invalidate(&self, key: &str, rejected: &str) {
+    /// Forget `rejected` (a token the provider refused at `now_ms`), unless
+    /// it was already replaced; the next load will not take it back from KV
+    /// either.
+    pub fn invalidate(&self, key: &str, rejected: &str, now_ms: u64) {
         for map in [&self.shared, &self.local] {
             if let Some(slot) = map.borrow_mut().get_mut(&key.to_string()) {
                 if slot.token.as_ref().is_some_and(|h| h.token.value == rejected) {
                     slot.token = None;
                 }
-                slot.refused = Some(rejected.to_string());
+                slot.refused = Some((rejected.to_string(), now_ms));
             }
         }
     }
@@ -237,7 +245,7 @@ impl TokenCache {
                         let refused = map.borrow_mut().get_mut(&key.to_string()).and_then(|s| s.refused.clone());
                         // A mint that began before this caller's token was
                         // refused may have found that same token in KV.
-                        if refused.as_deref() != Some(token.value.as_str()) || source == TokenSource::Minted {
+                        if refused.is_none_or(|(r, _)| r != token.value) || source == TokenSource::Minted {
                             // Another caller's mint, shared through memory.
                             return Ok((token, TokenSource::Memory));
                         }
@@ -321,27 +329,62 @@ impl TokenCache {
             end: RefCell::new(None),
             wakes: RefCell::new(Vec::new()),
         });
-        let refused = {
+        let (refused, replaced) = {
             let mut map = map.borrow_mut();
             let slot = map.entry_or_insert_with(&key.to_string(), Slot::default);
-            // A flight this one replaces (it outlived a mint's worst case):
-            // its waiters look again and find this one.
-            if let Some(stale) = slot.flight.replace(flight.clone()) {
-                stale.finish(FlightEnd::Abandoned);
-            }
-            slot.refused.clone()
+            (slot.refused.clone(), slot.flight.replace(flight.clone()))
         };
+        // A flight this one replaced (it outlived a mint's worst case): its
+        // waiters look again and find this one. Woken after the map's borrow
+        // ends, so no wake-up can ever meet it borrowed.
+        if let Some(stale) = replaced {
+            stale.finish(FlightEnd::Abandoned);
+        }
         let guard = FlightGuard { map, key, flight: flight.clone() };
 
         let shared = app.shares_tokens_through_kv();
-        let result = self.load_or_mint(transport, app, prepared, key, shared, refused.as_deref()).await;
+        let refused = refused.map(|(token, _)| token);
+        let result = match self.load_or_mint(transport, app, prepared, key, shared, refused.as_deref()).await {
+            Ok(Some(found)) => Ok(found),
+            Err(verdict) => Err(verdict),
+            Ok(None) => {
+                // Not the credential's doing but this request's: the flight
+                // ends abandoned (the guard's drop), so callers of other
+                // requests, with budgets of their own, mint instead of
+                // sharing this failure.
+                drop(guard);
+                return match renewing {
+                    Some(token) if is_usable(&token, transport.now_ms() / 1000) => Ok((token, TokenSource::Memory)),
+                    _ => Err(Verdict::transient("the request's subrequest budget (MAX_SUBREQUESTS) is spent")),
+                };
+            }
+        };
         let now_ms = transport.now_ms();
-        {
+        // A deterministic signature (APNs) mints the very token the provider
+        // refused, for as long as its window lasts: never shared through KV
+        // again, and within `REFUSAL_MEMORY_MS` of the refusal a refused
+        // credential, so it is not sent again at once.
+        let mut minted_refused = false;
+        let result = {
             let mut map = map.borrow_mut();
             let slot = map.entry_or_insert_with(&key.to_string(), Slot::default);
+            let result = match (result, &slot.refused) {
+                (Ok((token, TokenSource::Minted)), Some((refused, at))) if *refused == token.value => {
+                    minted_refused = true;
+                    if now_ms < at.saturating_add(REFUSAL_MEMORY_MS) {
+                        Err(Verdict::failed(
+                            "credentials refused: a new token is the same as the refused one (check the key and its ids)",
+                        ))
+                    } else {
+                        Ok((token, TokenSource::Minted))
+                    }
+                }
+                (result, _) => result,
+            };
             match &result {
                 Ok((token, source)) => {
-                    let stale = *source == TokenSource::Kv && slot.refused.as_deref() == Some(token.value.as_str());
+                    let stale = *source == TokenSource::Kv
+                        && slot.refused.as_ref().is_some_and(|(refused, _)| *refused == token.value);
                     if !stale {
                         let spread = RENEW_SPREAD_SECS.min(token.valid_until.saturating_sub(token.renew_at) / 2);
                         let offset = (spread as f64 * transport.random().clamp(0.0, 1.0)) as u64;
@@ -354,21 +397,26 @@ impl TokenCache {
                 Err(_) if renewing.is_some() => slot.renewal_failed_at = Some(now_ms),
                 Err(verdict) => slot.refusal = Some((verdict.clone(), now_ms)),
             }
-        }
+            result
+        };
         flight.finish(FlightEnd::Done(result.clone()));
         drop(guard);
 
         match result {
             Ok((token, TokenSource::Minted)) => {
                 // Shared after the waiters have it: they need not wait for KV.
-                if shared {
+                if shared && !minted_refused {
                     let stored = StoredToken {
                         value: token.value.clone(),
                         valid_until: token.valid_until,
                         renew_at: Some(token.renew_at),
                     };
                     if let Ok(json) = serde_json::to_string(&stored) {
-                        transport.kv_put(&kv_key(key), &json, kv_ttl(&token, now_ms / 1000)).await;
+                        // Bounded like a KV read: this caller's device waits
+                        // for it, and KV only shares what memory holds.
+                        let kv_key = kv_key(key);
+                        let put = Box::pin(transport.kv_put(&kv_key, &json, kv_ttl(&token, now_ms / 1000)));
+                        let _ = select(put, Box::pin(transport.sleep(self.kv_write_ms))).await;
                     }
                 }
                 Ok((token, TokenSource::Minted))
@@ -384,7 +432,8 @@ impl TokenCache {
 
     /// KV (for shared credentials), then a mint. A token from KV is taken
     /// only while fresh (before its `renew_at`) and never if it is the one
-    /// the provider refused.
+    /// the provider refused. `Ok(None)`: no token exchange was tried, as
+    /// the request's subrequest budget is spent.
     async fn load_or_mint<T: Transport>(
         &self,
         transport: &T,
@@ -393,7 +442,7 @@ impl TokenCache {
         key: &str,
         shared: bool,
         refused: Option<&str>,
-    ) -> MintResult {
+    ) -> Result<Option<(MintedToken, TokenSource)>, Verdict> {
         if shared {
             if let Some(stored) = transport.kv_get(&kv_key(key)).await {
                 if let Ok(t) = serde_json::from_str::<StoredToken>(&stored) {
@@ -401,7 +450,7 @@ impl TokenCache {
                         MintedToken { renew_at: t.renew_at.unwrap_or(t.valid_until), valid_until: t.valid_until, value: t.value };
                     let fresh = transport.now_ms() / 1000 < token.renew_at;
                     if fresh && refused != Some(token.value.as_str()) {
-                        return Ok((token, TokenSource::Kv));
+                        return Ok(Some((token, TokenSource::Kv)));
                     }
                 }
             }
@@ -419,6 +468,7 @@ impl TokenCache {
                         .map_err(|e| Verdict::failed(format!("signing a {} token failed: {e}", jwt.key.alg().name())))?;
                     app.signed(jwt.finish(&signature), now)?
                 }
+                Mint::Exchange(_) if transport.is_spent() => return Ok(None),
                 Mint::Exchange(request) => {
                     let response = transport
                         .send(&request)
@@ -428,7 +478,7 @@ impl TokenCache {
                 }
             };
         };
-        Ok((token, TokenSource::Minted))
+        Ok(Some((token, TokenSource::Minted)))
     }
 }
 
@@ -522,6 +572,8 @@ mod tests {
         kv_gets: Cell<u32>,
         kv_puts: Cell<u32>,
         kv_delay_ms: Cell<u64>,
+        /// KV writes that never end (a stuck binding).
+        kv_put_hangs: Cell<bool>,
         signs: Cell<u32>,
         /// Sign with a counter instead of a key: the cache, not ECDSA, is under test.
         quick_signatures: bool,
@@ -537,6 +589,7 @@ mod tests {
                 kv_gets: Cell::new(0),
                 kv_puts: Cell::new(0),
                 kv_delay_ms: Cell::new(0),
+                kv_put_hangs: Cell::new(false),
                 signs: Cell::new(0),
                 quick_signatures: false,
             }
@@ -584,6 +637,9 @@ mod tests {
         }
         async fn kv_put(&self, key: &str, value: &str, _ttl: u64) {
             self.kv_puts.set(self.kv_puts.get() + 1);
+            if self.kv_put_hangs.get() {
+                std::future::pending::<()>().await;
+            }
             self.kv.borrow_mut().insert(key.to_string(), value.to_string());
         }
         async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
@@ -738,15 +794,15 @@ mod tests {
         // Another isolate stored a newer token meanwhile: taken, no mint.
         let now = io.now_ms() / 1000;
         io.put_kv(FCM_KEY, &MintedToken { value: "ya29.other".into(), renew_at: now + 600, valid_until: now + 900 });
-        cache.invalidate(FCM_KEY, &t1.value);
+        cache.invalidate(FCM_KEY, &t1.value, io.now_ms());
         assert_eq!(values(&fcm_callers(&io, &cache, &apps, 1)), ["ya29.other"]);
         assert_eq!(io.exchanges.get(), 1);
         // KV still holds the refused token: mint.
-        cache.invalidate(FCM_KEY, "ya29.other");
+        cache.invalidate(FCM_KEY, "ya29.other", io.now_ms());
         assert_eq!(values(&fcm_callers(&io, &cache, &apps, 1)), ["ya29.2"]);
         assert_eq!(io.exchanges.get(), 2);
         // Invalidating a token that was already replaced changes nothing.
-        cache.invalidate(FCM_KEY, &t1.value);
+        cache.invalidate(FCM_KEY, &t1.value, io.now_ms());
         assert_eq!(values(&fcm_callers(&io, &cache, &apps, 1)), ["ya29.2"]);
         assert_eq!(io.exchanges.get(), 2);
     }
@@ -769,7 +825,7 @@ mod tests {
         let first = async { cache.get(&io, fcm, &p, FCM_KEY).await };
         let refused = async {
             io.clock.sleep(100).await;
-            cache.invalidate(FCM_KEY, &t1.value);
+            cache.invalidate(FCM_KEY, &t1.value, io.now_ms());
             cache.get(&io, fcm, &p, FCM_KEY).await
         };
         let (first, refused) = drive(&io.clock, futures_util::future::join(first, refused));
@@ -830,6 +886,184 @@ mod tests {
         drop(stuck);
         assert_eq!(values(&fcm_callers(&io, &cache, &apps, 3)), ["ya29.2"; 3]);
         assert_eq!(io.exchanges.get(), 2);
+    }
+
+    #[test]
+    fn a_new_token_identical_to_the_refused_one_is_a_refused_credential() {
+        // APNs signs deterministically: within a window, minting again gives
+        // the very token APNs refused.
+        let io = Io::new(&[]);
+        let (apps, cache) = (apps(), TokenCache::new(SEND_TIMEOUT_MS));
+        let apns = app(&apps, "ios");
+        let key = "apns:refused";
+        let p = prepared("https://apns.example/3/device/x", key);
+        let callers = |n| drive(&io.clock, join_all((0..n).map(|_| cache.get(&io, apns, &p, key))));
+        let first = callers(1).remove(0).unwrap().0;
+        assert_eq!((io.signs.get(), io.kv_puts.get()), (1, 1));
+        cache.invalidate(key, &first.value, io.now_ms());
+        let again = callers(5);
+        assert!(again.iter().all(|r| r.as_ref().unwrap_err().outcome == Outcome::Failed), "shared with the waiters");
+        assert!(again[0].as_ref().unwrap_err().reason.contains("same as the refused one"));
+        assert_eq!(io.signs.get(), 2, "one mint for the five");
+        assert_eq!(io.kv_puts.get(), 1, "the refused token is not written to KV again");
+        assert_eq!(cache.cached(key, io.now_ms() / 1000), None, "nor kept in memory");
+        // Remembered: no signing for a while...
+        assert!(callers(3).iter().all(Result::is_err));
+        assert_eq!(io.signs.get(), 2);
+        // ...then the same token is tried again (a key Apple had not yet
+        // activated may work now), but not written to KV again...
+        drive(&io.clock, io.clock.sleep(REFUSAL_MEMORY_MS));
+        let retried = callers(2);
+        assert!(retried.iter().all(|r| r.as_ref().unwrap().0.value == first.value));
+        assert_eq!((io.signs.get(), io.kv_puts.get()), (3, 1));
+        // ...and refused again, it is a refused credential at once again.
+        cache.invalidate(key, &first.value, io.now_ms());
+        assert!(callers(1)[0].is_err());
+        // The next window's token is a new one, used and shared.
+        let window_ends = (first.renew_at + 1) * 1000 - io.now_ms();
+        drive(&io.clock, io.clock.sleep(window_ends));
+        let next = callers(1).remove(0).unwrap().0;
+        assert_ne!(next.value, first.value);
+        assert_eq!(io.kv_puts.get(), 2);
+    }
+
+    #[test]
+    fn a_kv_write_that_never_ends_holds_the_minting_caller_no_longer_than_a_send_timeout() {
+        let io = Io::new(&[Answer { delay_ms: 1_000, status: 200 }]);
+        io.kv_put_hangs.set(true);
+        let (apps, cache) = (apps(), TokenCache::new(SEND_TIMEOUT_MS));
+        let fcm = app(&apps, "android");
+        let p = prepared("https://fcm.example/send", FCM_KEY);
+        let started = io.now_ms();
+        let timed = |_| async {
+            let r = cache.get(&io, fcm, &p, FCM_KEY).await;
+            (r.map(|(t, source)| (t.value, source)), io.now_ms() - started)
+        };
+        let results = drive(&io.clock, join_all((0..3).map(timed)));
+        for (result, ms) in &results {
+            let (value, source) = result.as_ref().unwrap();
+            assert_eq!(value, "ya29.1");
+            let expected = if *source == TokenSource::Minted { 1_000 + SEND_TIMEOUT_MS } else { 1_000 };
+            assert_eq!(*ms, expected, "{source:?}");
+        }
+        assert_eq!(io.kv_puts.get(), 1);
+    }
+
+    /// Another request's transport: its subrequest budget is spent.
+    struct Spent<'a>(&'a Io);
+
+    impl Transport for Spent<'_> {
+        async fn send(&self, _request: &OutRequest) -> Result<ProviderResponse, String> {
+            Err("the request's subrequest budget (MAX_SUBREQUESTS) is spent".into())
+        }
+        async fn sleep(&self, ms: u64) {
+            self.0.sleep(ms).await;
+        }
+        fn now_ms(&self) -> u64 {
+            self.0.now_ms()
+        }
+        fn random(&self) -> f64 {
+            self.0.random()
+        }
+        async fn kv_get(&self, key: &str) -> Option<String> {
+            self.0.kv_get(key).await
+        }
+        async fn kv_put(&self, key: &str, value: &str, ttl: u64) {
+            self.0.kv_put(key, value, ttl).await;
+        }
+        async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
+            self.0.sign(jwt).await
+        }
+        fn is_spent(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_mint_whose_request_has_no_budget_left_is_taken_over_by_another_request() {
+        let io = Io::new(&[OK]);
+        io.kv_delay_ms.set(500);
+        let (apps, cache) = (apps(), TokenCache::new(SEND_TIMEOUT_MS));
+        let fcm = app(&apps, "android");
+        let p = prepared("https://fcm.example/send", FCM_KEY);
+        let spent = Spent(&io);
+        // The spent request starts the mint; another request's device waits for it.
+        let first = cache.get(&spent, fcm, &p, FCM_KEY);
+        let second = async {
+            io.clock.sleep(100).await;
+            cache.get(&io, fcm, &p, FCM_KEY).await
+        };
+        let (first, second) = drive(&io.clock, futures_util::future::join(first, second));
+        let first = first.unwrap_err();
+        assert!(matches!(first.outcome, Outcome::Transient { .. }) && first.reason.contains("MAX_SUBREQUESTS"), "{}", first.reason);
+        let (token, source) = second.unwrap();
+        assert_eq!((token.value.as_str(), source), ("ya29.1", TokenSource::Minted), "the waiter minted itself");
+        assert_eq!(io.exchanges.get(), 1, "the spent request made no exchange");
+        // Nothing of the spent request's failure is remembered.
+        assert_eq!(values(&fcm_callers(&io, &cache, &apps, 1)), ["ya29.1"]);
+    }
+
+    /// A transport whose wake-ups record whether the token map was borrowed
+    /// when they ran.
+    struct Probe<'a> {
+        io: &'a Io,
+        cache: Rc<TokenCache>,
+        woken_while_borrowed: Rc<Cell<u32>>,
+    }
+
+    impl Transport for Probe<'_> {
+        async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
+            self.io.send(request).await
+        }
+        async fn sleep(&self, ms: u64) {
+            self.io.sleep(ms).await;
+        }
+        fn now_ms(&self) -> u64 {
+            self.io.now_ms()
+        }
+        fn random(&self) -> f64 {
+            self.io.random()
+        }
+        async fn kv_get(&self, key: &str) -> Option<String> {
+            self.io.kv_get(key).await
+        }
+        async fn kv_put(&self, key: &str, value: &str, ttl: u64) {
+            self.io.kv_put(key, value, ttl).await;
+        }
+        fn signal(&self) -> Signal {
+            let (wake, woken) = local_signal();
+            let (cache, count) = (self.cache.clone(), self.woken_while_borrowed.clone());
+            let probe = Box::new(move || {
+                if cache.shared.try_borrow_mut().is_err() {
+                    count.set(count.get() + 1);
+                }
+                wake();
+            });
+            (probe, woken)
+        }
+    }
+
+    #[test]
+    fn waiters_are_woken_after_the_token_map_borrow_ends() {
+        use std::future::Future;
+        use std::task::Context;
+        let apps = apps();
+        let fcm = app(&apps, "android");
+        let p = prepared("https://fcm.example/send", FCM_KEY);
+        let io = Io::new(&[Answer { delay_ms: 5_000, status: 200 }]);
+        let cache = Rc::new(TokenCache::new(SEND_TIMEOUT_MS));
+        let probe = Probe { io: &io, cache: cache.clone(), woken_while_borrowed: Rc::default() };
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // A mint that never ends; a waiter outlives it and replaces it,
+        // which wakes the stale flight's waiters (the waiter's own old wake-up).
+        let mut stuck = Box::pin(cache.get(&probe, fcm, &p, FCM_KEY));
+        for _ in 0..3 {
+            assert!(stuck.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(drive(&io.clock, cache.get(&probe, fcm, &p, FCM_KEY)).is_ok());
+        drop(stuck);
+        assert_eq!(probe.woken_while_borrowed.get(), 0);
     }
 
     #[test]
