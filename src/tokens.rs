@@ -199,12 +199,14 @@ impl TokenCache {
     }
 
     /// How many keys the cache holds: (shared through KV, isolate only).
-    pub fn sizes(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn sizes(&self) -> (usize, usize) {
         (self.shared.borrow().len(), self.local.borrow().len())
     }
 
     /// A usable token from memory, if any.
-    pub fn cached(&self, key: &str, now: UnixSecs) -> Option<MintedToken> {
+    #[cfg(test)]
+    fn cached(&self, key: &str, now: UnixSecs) -> Option<MintedToken> {
         [&self.shared, &self.local].into_iter().find_map(|map| {
             let mut map = map.borrow_mut();
             let held = map.get_mut(&key.to_string())?.token.as_ref()?;
