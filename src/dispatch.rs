@@ -310,7 +310,10 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
                 },
             };
             let request = match &auto {
-                Some(auto) => auto.apns.in_environment(&request, auto.environment),
+                Some(auto) => match auto.apns.in_environment(&request, auto.environment, d) {
+                    Ok(request) => request,
+                    Err(verdict) => return verdict,
+                },
                 None => request,
             };
             report.tries += 1;

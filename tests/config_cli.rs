@@ -224,6 +224,24 @@ fn check_config_reports_overlapping_globs_as_an_error_naming_both() {
 }
 
 #[test]
+fn check_config_warns_of_auto_with_url_and_no_sandbox_url() {
+    let apns = |extra: Value| {
+        let mut app = json!({"type": "apns", "topic": "t", "team_id": "T", "key_id": "K", "key_secret": "APNS_KEY_COM_EXAMPLE_CHAT_IOS"});
+        app.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        app
+    };
+    let apps = json!({
+        "one.host": apns(json!({"platform": "auto", "url": "http://127.0.0.1:9000"})),
+        "two.hosts": apns(json!({"platform": "auto", "url": "http://127.0.0.1:9000", "sandbox_url": "http://127.0.0.1:9001"})),
+    });
+    let out = check(&["--apps", &apps.to_string()]);
+    assert_eq!(out.code, 0, "a warning, not a problem: {}", out.stdout);
+    let warnings: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("warning: ") && l.contains("sandbox_url")).collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stdout);
+    assert!(warnings[0].starts_with("warning: one.host: url:") && warnings[0].contains("auto"), "{}", warnings[0]);
+}
+
+#[test]
 fn check_config_refuses_bad_apps_json_and_unreadable_secrets() {
     let out = check(&["--apps", "{\"a\": "]);
     assert_eq!(out.code, 1);

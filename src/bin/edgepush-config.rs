@@ -239,6 +239,7 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
                 match &entry.app {
                     Ok(app) => {
                         report += &format!("ok      {} ({})\n", entry.pattern, app.provider());
+                        warnings.extend(app.warnings().into_iter().map(|w| format!("{}: {w}", entry.pattern)));
                         if let edgepush::providers::App::WebPush(web) = app.as_ref() {
                             // What the app's web clients subscribe with.
                             report += &format!("        applicationServerKey: {}\n", web.public_key());

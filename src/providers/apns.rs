@@ -100,7 +100,7 @@ impl ApnsApp {
         headers.push(("content-type".to_string(), "application/json".to_string()));
         Ok(Prepared {
             request: OutRequest {
-                url: format!("{}/3/device/{token}", self.origin()),
+                url: self.url(self.first_environment(), &token),
                 headers,
                 body: body.bytes,
                 answer_body: AnswerBody::Read,
@@ -134,11 +134,6 @@ impl ApnsApp {
         MintedToken { value: jwt, renew_at: window.end, valid_until: window.start.saturating_add(TOKEN_MAX_AGE_SECS) }
     }
 
-    /// The origin `prepare` sends to: the platform's, production for `auto`.
-    fn origin(&self) -> &str {
-        self.origin_of(self.first_environment())
-    }
-
     /// Whether each device's environment is found by trying (`platform: "auto"`).
     pub fn is_auto(&self) -> bool {
         self.config.platform == ApnsPlatform::Auto
@@ -161,14 +156,30 @@ impl ApnsApp {
         }
     }
 
-    /// A request built by `prepare`, sent to `environment` instead: the same
-    /// path, headers and body.
-    pub fn in_environment(&self, request: &OutRequest, environment: Environment) -> OutRequest {
-        let mut out = request.clone();
-        if let Some(path) = request.url.strip_prefix(self.origin()) {
-            out.url = format!("{}{path}", self.origin_of(environment));
+    /// Where a device token is sent in `environment`.
+    fn url(&self, environment: Environment, token: &str) -> String {
+        format!("{}/3/device/{token}", self.origin_of(environment))
+    }
+
+    /// A request `prepare` built for `d`, sent to `environment` instead: the
+    /// URL built anew from that environment's origin and the device's token,
+    /// the same headers and body.
+    pub fn in_environment(&self, request: &OutRequest, environment: Environment, d: &Device) -> Result<OutRequest, Verdict> {
+        let token = device_token(d, self.config.convert_device_token_to_hex)?;
+        Ok(OutRequest { url: self.url(environment, &token), ..request.clone() })
+    }
+
+    /// Settings that load but probably do not do what the operator means.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let (ApnsPlatform::Auto, Some(url), None) = (self.config.platform, &self.config.url, &self.config.sandbox_url) {
+            warnings.push(format!(
+                "url: with platform \"auto\" and no sandbox_url, both environments are {}: a device is tried twice at \
+                 the same host; set sandbox_url",
+                url.as_str()
+            ));
         }
-        out
+        warnings
     }
 
     fn push_type(&self) -> &str {
@@ -976,16 +987,37 @@ mod tests {
             let a = app_with(extra.clone());
             assert!(a.is_auto());
             assert_eq!(a.first_environment(), Environment::Production);
-            let request = a.prepare(&n, &n.devices[0], NOW).unwrap().request;
-            let sandbox = a.in_environment(&request, Environment::Sandbox);
+            let d = &n.devices[0];
+            let request = a.prepare(&n, d, NOW).unwrap().request;
+            let sandbox = a.in_environment(&request, Environment::Sandbox, d).unwrap();
             assert!(sandbox.url.starts_with(a.origin_of(Environment::Sandbox)), "{extra}: {}", sandbox.url);
             assert_ne!(sandbox.url, request.url);
             assert!(sandbox.url.ends_with(request.url.rsplit_once("/3/device/").unwrap().1));
             assert_eq!((&sandbox.headers, &sandbox.body), (&request.headers, &request.body));
-            assert_eq!(a.in_environment(&request, Environment::Production), request);
+            assert_eq!(a.in_environment(&request, Environment::Production, d).unwrap(), request);
+            // From any request of the device, whichever host it was for.
+            assert_eq!(a.in_environment(&sandbox, Environment::Production, d).unwrap(), request);
+            assert_eq!(a.in_environment(&sandbox, Environment::Sandbox, d).unwrap(), sandbox);
         }
         assert_eq!(Environment::Sandbox.other(), Environment::Production);
         assert!(!app_with(json!({"platform": "sandbox"})).is_auto());
+    }
+
+    #[test]
+    fn auto_with_url_and_no_sandbox_url_is_warned_about() {
+        let warned = |extra| app_with(extra).warnings();
+        let both_hosts = warned(json!({"platform": "auto", "url": "http://127.0.0.1:9000"}));
+        assert_eq!(both_hosts.len(), 1);
+        assert!(both_hosts[0].starts_with("url:") && both_hosts[0].contains("sandbox_url"), "{both_hosts:?}");
+        assert!(both_hosts[0].contains("http://127.0.0.1:9000"), "{both_hosts:?}");
+        for fine in [
+            json!({"platform": "auto"}),
+            json!({"platform": "auto", "url": "http://p:1", "sandbox_url": "http://s:2"}),
+            json!({"platform": "production", "url": "http://127.0.0.1:9000"}),
+            json!({"platform": "sandbox", "url": "http://127.0.0.1:9000"}),
+        ] {
+            assert_eq!(warned(fine.clone()), Vec::<String>::new(), "{fine}");
+        }
     }
 
     #[test]

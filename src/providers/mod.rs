@@ -292,6 +292,15 @@ impl App {
         })
     }
 
+    /// Settings that load but probably do not do what the operator means,
+    /// naming the field (for `edgepush-config check-config`).
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            App::Apns(apns) => apns.warnings(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The provider's name, for logs and metrics.
     pub fn provider(&self) -> &'static str {
         match self {
