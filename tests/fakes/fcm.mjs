@@ -281,8 +281,15 @@ export async function startFakeFcm({ accounts, projectId, now = () => Math.floor
     if (android.collapse_key !== undefined && typeof android.collapse_key !== "string") {
       return invalidArgument("Invalid value at 'message.android.collapse_key' (TYPE_STRING)", "message.android.collapse_key");
     }
-    if (android.notification !== undefined && typeof android.notification?.tag !== "string") {
-      return invalidArgument("Invalid value at 'message.android.notification.tag' (TYPE_STRING)", "message.android.notification.tag");
+    const androidNotification = android.notification;
+    if (androidNotification !== undefined) {
+      if (androidNotification === null || typeof androidNotification !== "object" || Array.isArray(androidNotification)) {
+        return invalidArgument("Invalid value at 'message.android.notification' (type.googleapis.com/google.firebase.fcm.v1.AndroidNotification)", "message.android.notification");
+      }
+      // FCM accepts a notification without a tag; one given must be a string.
+      if (androidNotification.tag !== undefined && typeof androidNotification.tag !== "string") {
+        return invalidArgument("Invalid value at 'message.android.notification.tag' (TYPE_STRING)", "message.android.notification.tag");
+      }
     }
     const apnsProblem = checkApnsConfig(message.apns);
     if (apnsProblem) return invalidArgument(apnsProblem, "message.apns");

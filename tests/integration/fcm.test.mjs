@@ -76,6 +76,7 @@ describe("FCM", () => {
       "com.example.nobadge": fcmApp(fake.origin, { send_badge_counts: false }),
       "com.example.collapse": fcmApp(fake.origin, { collapse_per_room: true }),
       "com.example.visible": fcmApp(fake.origin, { fcm_notification: true, collapse_per_room: true }),
+      "com.example.icon": fcmApp(fake.origin, { fcm_options: { android: { notification: { icon: "ic_stat_push", color: "#00aa00" } } } }),
     });
   });
   after(async () => {
@@ -178,6 +179,13 @@ describe("FCM", () => {
       assert.deepEqual(message.android, { priority: "high", ttl: "3600s", collapse_key: "room" });
       assert.equal(message.data.app, "edgepush");
       assert.equal(message.data.event_id, "$event:example.org");
+    });
+
+    test("fcm_options may give android.notification without a tag (FCM accepts it)", async () => {
+      assertStatus(await worker.notify(notification([device(pushkey(), "com.example.icon")])), 200);
+      assert.deepEqual(fake.violations, []);
+      const { message } = fake.delivered[0];
+      assert.deepEqual(message.android.notification, { icon: "ic_stat_push", color: "#00aa00" });
     });
 
     test("the pushkey is opaque: sent as is", async () => {
