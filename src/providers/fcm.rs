@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 pub use self::credentials::{AssertionClaims, SCOPE};
 use self::credentials::ServiceAccount;
 pub use super::fit::truncate_utf8;
+use super::fit::shortened;
 use super::json::deep_merge;
 use super::style::{self, collapse_id, Style, Urgency};
 use super::{AnswerBody, OutRequest, Outcome, Prepared, ProviderResponse, provider_text, Secrets, UnixSecs, Verdict};
@@ -32,8 +33,6 @@ pub const MAX_DATA_BYTES: usize = 4096;
 /// The operator's `fcm_options.data` stays small, so that it leaves room for
 /// the ids and the devices' `default_payload`s.
 const MAX_OPERATOR_DATA_BYTES: usize = 1024;
-/// A field trimmed shorter than this says nothing: drop it instead.
-const MIN_TRIMMED_VALUE_BYTES: usize = 16;
 
 /// An FCM app with its service account loaded and its key parsed.
 pub struct FcmApp {
@@ -100,7 +99,7 @@ impl FcmApp {
         let shown = (self.config.fcm_notification && n.event_id.is_some())
             .then(|| fit_shown(shown_notification(n, d), MAX_DATA_BYTES.saturating_sub(data.size_of(Keep::Always))))
             .filter(|shown| !shown.is_empty());
-        data.fit(MAX_DATA_BYTES.saturating_sub(shown.as_ref().map_or(0, shown_size)))?;
+        data.fit(MAX_DATA_BYTES.saturating_sub(shown.as_ref().map_or(0, map_keys_and_values)))?;
 
         let collapse = style.collapse_room(n).map(collapse_id);
         let mut android = Map::new();
@@ -159,8 +158,7 @@ fn check_fcm_options(options: &Map<String, Value>) -> Result<(), String> {
     match options.get("data") {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Object(data)) if data.values().all(Value::is_string) => {
-            let size: usize = data.iter().map(|(k, v)| k.len().saturating_add(v.as_str().map_or(0, str::len))).sum();
-            if size > MAX_OPERATOR_DATA_BYTES {
+            if map_keys_and_values(data) > MAX_OPERATOR_DATA_BYTES {
                 Err(format!("fcm_options.data: over {MAX_OPERATOR_DATA_BYTES} bytes, leaving no room for the notification"))
             } else {
                 Ok(())
@@ -203,6 +201,13 @@ pub type DataSize = fn(&[(&str, &str)]) -> usize;
 /// FCM counts the keys and values of `data`.
 pub fn keys_and_values(entries: &[(&str, &str)]) -> usize {
     entries.iter().map(|(k, v)| k.len().saturating_add(v.len())).sum()
+}
+
+/// [`keys_and_values`] of a map of strings (`fcm_options.data`, a
+/// `notification`); a value that is not a string counts its key alone.
+fn map_keys_and_values(map: &Map<String, Value>) -> usize {
+    let entries: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default())).collect();
+    keys_and_values(&entries)
 }
 
 /// FCM's `data` fields for a device that may get `counts`, without operator
@@ -352,31 +357,25 @@ fn shown_notification(n: &Notification, d: &Device) -> Map<String, Value> {
     shown
 }
 
-/// Bytes of a `notification` as FCM counts a payload: keys and values.
-fn shown_size(shown: &Map<String, Value>) -> usize {
-    shown.iter().map(|(k, v)| k.len().saturating_add(v.as_str().map_or(0, str::len))).sum()
-}
-
 /// The notification within `room` bytes: the image goes first (a cut URL is
 /// no URL), then the body and the title are cut, each dropped when a cut
-/// would leave too little.
+/// would leave too little ([`shortened`]).
 fn fit_shown(mut shown: Map<String, Value>, room: usize) -> Map<String, Value> {
     for key in ["image", "body", "title"] {
-        let excess = shown_size(&shown).saturating_sub(room);
+        let excess = map_keys_and_values(&shown).saturating_sub(room);
         if excess == 0 {
             break;
         }
-        let target = shown.get(key).and_then(Value::as_str).map(|text| text.len().saturating_sub(excess));
-        match target {
-            Some(target) if key != "image" && target >= MIN_TRIMMED_VALUE_BYTES => {
-                if let Some(Value::String(text)) = shown.get_mut(key) {
-                    *text = truncate_utf8(text, target);
-                }
-            }
-            Some(_) => {
+        let cut = match shown.get(key).and_then(Value::as_str) {
+            None => continue,
+            Some(_) if key == "image" => None,
+            Some(text) => shortened(text, excess),
+        };
+        match (cut, shown.get_mut(key)) {
+            (Some(cut), Some(text)) => *text = Value::String(cut),
+            _ => {
                 shown.remove(key);
             }
-            None => {}
         }
     }
     shown
@@ -430,17 +429,20 @@ impl DataBuilder {
     }
 
     fn size(&self, size: DataSize) -> usize {
-        let entries: Vec<(&str, &str)> = self.entries.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())).collect();
-        size(&entries)
+        self.size_kept(size, Keep::Content)
     }
 
     /// Bytes of the entries kept at least as firmly as `keep`.
     fn size_of(&self, keep: Keep) -> usize {
-        self.entries
-            .iter()
-            .filter(|(_, (_, k))| *k <= keep)
-            .map(|(k, (v, _))| k.len().saturating_add(v.len()))
-            .sum()
+        self.size_kept(keys_and_values, keep)
+    }
+
+    /// Bytes, as `size` counts them, of the entries kept at least as firmly
+    /// as `keep` ([`Keep::Content`]: all of them).
+    fn size_kept(&self, size: DataSize, keep: Keep) -> usize {
+        let entries: Vec<(&str, &str)> =
+            self.entries.iter().filter(|(_, (_, k))| *k <= keep).map(|(k, (v, _))| (k.as_str(), v.as_str())).collect();
+        size(&entries)
     }
 
     /// Trim or drop the largest content field, then the largest descriptive
@@ -484,11 +486,11 @@ impl DataBuilder {
             let Some((value, _)) = self.entries.get_mut(&victim) else {
                 return Ok(());
             };
-            let target = value.len().saturating_sub(excess);
-            if target >= MIN_TRIMMED_VALUE_BYTES {
-                *value = truncate_utf8(value, target);
-            } else {
-                self.entries.remove(&victim);
+            match shortened(value, excess) {
+                Some(cut) => *value = cut,
+                None => {
+                    self.entries.remove(&victim);
+                }
             }
         }
     }

@@ -1,11 +1,16 @@
-//! Fitting a payload into a provider's byte limit, for every provider whose
-//! payload is JSON with the notification's text inside.
+//! Fitting a payload into a provider's byte limit, and the one way a text
+//! is cut (docs/design.md §13.2 "Fitting a payload").
 //!
-//! DESIGN.md: APNs "At most 4096 bytes: trim the longest text first, never
-//! splitting a character"; WebPush `content` "its text trimmed so the record
-//! fits 4096 bytes"; UnifiedPush "trimmed to 4096 bytes". An event's text
-//! may sit at any depth of `content` (an edit's `m.new_content.body`, a
-//! poll's answers), so every string below a trimmable place counts.
+//! [`Fit`] fits the JSON payloads of APNs (§7.3), WebPush (§9.3) and
+//! UnifiedPush (§10), whose text may sit at any depth of `content` (an
+//! edit's `m.new_content.body`, a poll's answers), so every string below a
+//! trimmable place counts: all texts are capped at one level, the longest
+//! shrinking first, and droppable entries go only when every text is down
+//! to "…". FCM's and HMS's `data` (§8.2, §16.2) is a flat map of fields
+//! ranked by what gives way first, measured by each provider's own count;
+//! it fits by a rule of its own (one field at a time, the largest of the
+//! lowest rank cut by the whole excess or dropped) in `fcm.rs`, with the
+//! cut and the drop of [`shortened`].
 
 use std::collections::BTreeSet;
 
@@ -208,8 +213,9 @@ pub fn truncate_utf8(text: &str, max_bytes: usize) -> String {
     format!("{}{ELLIPSIS}", cut_utf8(text, max_bytes.saturating_sub(ELLIPSIS.len())))
 }
 
-/// DESIGN.md "Outcomes": `Rejected` is for "the device's own unusable data,
-/// e.g. a `default_payload` that is not an object". A payload that cannot
+/// docs/design.md §4 "Outcomes and the rule for rejection": `Rejected` is
+/// for the device's own data being unusable, e.g. "a `default_payload` that
+/// is not an object or is too big to ever fit". A payload that cannot
 /// fit is the device's doing when the notification fits without the
 /// device's `default_payload`: no push to that device can ever carry it.
 /// Otherwise the notification itself is too big for us to send: `Failed`.
@@ -238,6 +244,19 @@ pub fn fit_blaming_default_payload(
     } else {
         Err(Verdict::failed(format!("{what} does not fit even with its texts cut")))
     }
+}
+
+/// A value cut shorter than this says nothing: [`shortened`] drops it
+/// instead (FCM's and HMS's `data` and FCM's `notification`, docs/design.md
+/// §8.2 "Message").
+pub const MIN_SHORTENED_BYTES: usize = 16;
+
+/// `text` cut ([`truncate_utf8`]) to at least `excess` bytes fewer, or
+/// `None` when fewer than [`MIN_SHORTENED_BYTES`] bytes would remain and the
+/// value is to be dropped instead.
+pub fn shortened(text: &str, excess: usize) -> Option<String> {
+    let target = text.len().saturating_sub(excess);
+    (target >= MIN_SHORTENED_BYTES).then(|| truncate_utf8(text, target))
 }
 
 /// Contents of real events whose text is nested, for the providers' tests.
@@ -349,6 +368,16 @@ mod tests {
         assert_eq!(truncate_utf8("a€bcdef", 7), "a€…");
         assert_eq!(truncate_utf8("😀😀", 5), "…");
         assert_eq!(truncate_utf8("abcdef", 2), "…", "never shorter than the ellipsis");
+    }
+
+    #[test]
+    fn shortened_frees_the_excess_or_drops_what_would_say_nothing() {
+        let text = "é".repeat(20);
+        let cut = shortened(&text, 10).unwrap();
+        assert!(cut.len() <= 30 && cut.len() >= 28 && cut.ends_with(ELLIPSIS), "{cut}");
+        assert_eq!(shortened(&text, 24).unwrap().len(), 15, "16 bytes left: 6 characters and the ellipsis");
+        assert_eq!(shortened(&text, 25), None, "15 bytes would be left");
+        assert_eq!(shortened("short", 0), None, "a value already under the floor cannot be cut");
     }
 
     #[test]
