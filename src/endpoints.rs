@@ -1,12 +1,13 @@
 //! Which push endpoints edgepush may send to (WebPush's `data.endpoint`,
 //! UnifiedPush's pushkey).
 //!
-//! DESIGN.md: "`allowed_endpoints` entries are globs over an endpoint's
-//! origin: a bare host glob (`*.push.example.net`) allows `https` on the
-//! default port only; an entry with a scheme and port (`http://127.0.0.1:*`)
-//! allows exactly that. An app without `allowed_endpoints` allows any public
-//! `https` host, and never `http`, an IP literal, or a private or loopback
-//! host."
+//! docs/design.md §6 "Endpoints a device names": `allowed_endpoints`
+//! entries are globs over an endpoint's origin: a bare host glob
+//! (`*.push.example.net`) allows `https` on port 443 only; an entry with a
+//! scheme (`http://127.0.0.1:*`) allows exactly that scheme, and the port
+//! glob given or the scheme's default port. An app without
+//! `allowed_endpoints` allows any public `https` host, and never `http`, an
+//! IP literal, or a private or loopback host.
 //!
 //! Endpoint URLs come from devices, so they are untrusted: parsing is strict
 //! (a host is ASCII letters, digits, `-` and `.`, or a bracketed IPv6

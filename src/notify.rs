@@ -118,7 +118,8 @@ impl Device {
 #[error("data.default_payload is not a JSON object")]
 pub struct DefaultPayloadNotAnObject;
 
-/// Which payload a device receives, decided in DESIGN.md's order.
+/// Which payload a device receives, decided in the order of docs/design.md
+/// §3 "Kinds of notification".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// No `event_id`: only the counts changed (e.g. after a read receipt).

@@ -193,8 +193,9 @@ proptest! {
         let _ = edgepush::providers::unifiedpush::classify(&response);
     }
 
-    /// DESIGN.md FCM `data`: "strings only, never `null` or `"None"` … Each
-    /// value ≤ 1024 bytes …, the whole `data` ≤ 4096 bytes".
+    /// docs/design.md §8.2 "Message": FCM's `data` holds strings only, never
+    /// `null` or `"None"`, each value ≤ 1024 bytes, the whole `data` (without
+    /// a `notification`) ≤ 4096 bytes.
     #[test]
     fn fcm_data_is_strings_within_limits(body in notification_body(), operator in prop::collection::btree_map("[a-z_]{1,10}", json_value(), 0..4)) {
         let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
@@ -252,8 +253,9 @@ proptest! {
         }
     }
 
-    /// DESIGN.md WebPush: one aes128gcm record of at most 4096 bytes; a
-    /// payload that fits once trimmed is never refused.
+    /// docs/design.md §9.2 "Subscription and request" and §9.3 "Payload":
+    /// one aes128gcm record of at most 4096 bytes; a payload that fits once
+    /// cut is never refused.
     #[test]
     fn webpush_record_fits(body in notification_body()) {
         let n = as_webpush_device(parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap());
@@ -265,8 +267,8 @@ proptest! {
         }
     }
 
-    /// DESIGN.md UnifiedPush: `{"notification": …}` without `devices`,
-    /// trimmed to 4096 bytes.
+    /// docs/design.md §10 "UnifiedPush": `{"notification": …}` without
+    /// `devices`, fitted to 4096 bytes.
     #[test]
     fn unifiedpush_body_fits(body in notification_body()) {
         let mut n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();

@@ -1,5 +1,5 @@
-//! Apple Push Notification service with token auth (DESIGN.md "Providers →
-//! APNs"). Pure: the dispatcher sends what `prepare` builds, with the token
+//! Apple Push Notification service with token auth (docs/design.md §7
+//! "APNs"). Pure: the dispatcher sends what `prepare` builds, with the token
 //! `mint` signs, and hands the answer to `classify`.
 
 use std::fmt;
@@ -237,10 +237,11 @@ struct ProviderClaims<'a> {
 
 /// The span one provider token is used for.
 ///
-/// DESIGN: "floor `iat` to the last 30-minute mark and use the token until the
-/// next mark (age ≤ 30 min, ≥ 20 min between mints)". Every isolate computes
-/// the same window, so they sign the same `iat` and share one token, which
-/// keeps APNs from answering `TooManyProviderTokenUpdates`.
+/// docs/design.md §7.1 "Provider token": `iat` is floored to the last
+/// 30-minute mark and the token renewed at the next mark, so Apple sees one
+/// token per key per 30 minutes. Every isolate computes the same window, so
+/// they sign the same `iat` and share one token, which keeps APNs from
+/// answering `TooManyProviderTokenUpdates`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenWindow {
     /// The `iat` claim: the last 30-minute mark at or before `now`.
@@ -276,11 +277,14 @@ fn priority(prio: Prio, push_type: &str, shows: bool) -> u8 {
 
 /// The token in the URL path.
 ///
-/// DESIGN: "with `convert_device_token_to_hex` (default true, as Sygnal), the
-/// pushkey is standard base64 (padding optional) and is sent as lowercase hex;
-/// a pushkey that does not decode is `Rejected` without a send. Without it, the
-/// pushkey is sent as is" — as long as it cannot change the URL. One that
-/// could is `Refused`: base64 pushkeys under a wrongly unset flag look so.
+/// docs/design.md §7.2 "Request" (device token): with
+/// `convert_device_token_to_hex` (default true, as Sygnal), the pushkey is
+/// standard base64 (padding optional) and is sent as lowercase hex; a pushkey
+/// that does not decode, or decodes to nothing, is `Rejected` without a send.
+/// Without it, the pushkey is sent as is: an empty one is `Rejected`; one
+/// that could change the URL (not only letters, digits, `-`, `.`, `_`, `~`,
+/// or `.` or `..`) is `Refused` (base64 pushkeys under a wrongly unset flag
+/// look so).
 fn device_token(d: &Device, convert_to_hex: bool) -> Result<String, Verdict> {
     let pushkey = d.pushkey.as_str();
     if convert_to_hex {
@@ -533,8 +537,9 @@ fn is_video_call(content: Option<&Map<String, Value>>) -> bool {
         .is_some_and(|sdp| sdp.contains("m=video"))
 }
 
-/// DESIGN: "At most 4096 bytes: trim the longest text first, never splitting a
-/// character." The texts that may be cut are those Sygnal's `apnstruncate`
+/// docs/design.md §7.3 "Payload": at most 4096 bytes, the alert's texts cut
+/// as in §13.2 "Fitting a payload" (the longest first, never splitting a
+/// character). The texts that may be cut are those Sygnal's `apnstruncate`
 /// cuts: `aps.alert` when it is a string, else `aps.alert.body` and
 /// `aps.alert.loc-args` (never a `loc-key`, which names a string in the app).
 fn alert_texts(payload: &Value) -> &'static [&'static str] {
@@ -577,7 +582,8 @@ struct ErrorBody {
 /// The most of a provider's reason string that goes into a log line.
 const MAX_REASON_CHARS: usize = 64;
 
-/// What APNs's answer means for the device (DESIGN "Outcomes"). Bodies may be
+/// What APNs's answer means for the device (docs/design.md §7.4 "Answers",
+/// §4 "Outcomes and the rule for rejection"). Bodies may be
 /// empty, truncated or not JSON: the reason is then `Other`.
 pub fn classify(response: &ProviderResponse) -> Verdict {
     use Reason::*;

@@ -239,8 +239,8 @@ pub fn data_for(
     Ok(data.into_map())
 }
 
-/// The `data` map of DESIGN.md "Providers → FCM": strings only, never `null`
-/// or `"None"`; each value ≤ 1024 bytes. The caller fits the whole within
+/// The `data` map of docs/design.md §8.2 "Message": strings only, never
+/// `null` or `"None"`; each value ≤ 1024 bytes. The caller fits the whole within
 /// its budget ([`DataBuilder::fit`]).
 ///
 /// Later sources win: the operator's `fcm_options.data`, then the device's
@@ -578,7 +578,7 @@ fn type_name(detail: &Value) -> &str {
     detail.get("@type").and_then(Value::as_str).unwrap_or_default()
 }
 
-/// DESIGN.md "Providers → FCM → Outcomes".
+/// docs/design.md §8.3 "Answers".
 pub fn classify(response: &ProviderResponse) -> Verdict {
     use FcmErrorCode::*;
     let status = response.status;

@@ -102,8 +102,8 @@ impl UnifiedPushApp {
         )
     }
 
-    /// DESIGN.md: "POST `{"notification": {...}}` there — the notification
-    /// without `devices`, trimmed to 4096 bytes". `devices` stays out because
+    /// docs/design.md §10 "UnifiedPush": POST `{"notification": {...}}` there,
+    /// the notification without `devices`, fitted to 4096 bytes. `devices` stays out because
     /// it would hand one device's distributor every other device's pushkey;
     /// `counts` stays out when the device's counts are off.
     pub fn prepare(&self, n: &Notification, d: &Device, now: UnixSecs) -> Result<Prepared, Verdict> {
@@ -157,8 +157,9 @@ impl UnifiedPushApp {
     }
 }
 
-/// DESIGN.md: "`Rejected` on 401–404 and 410 (as the reference UnifiedPush
-/// gateway does); 429 / 5xx / network errors `Transient`."
+/// docs/design.md §10 "UnifiedPush": `Rejected` on 401–404 and 410 (as the
+/// reference UnifiedPush gateway does); 429 and 5xx `Transient` (network
+/// errors are `Transient` too, §4 "Outcomes and the rule for rejection").
 pub fn classify(response: &ProviderResponse) -> Verdict {
     let status = response.status;
     match status {

@@ -68,8 +68,9 @@ impl fmt::Debug for VapidKey {
 }
 
 impl VapidKey {
-    /// DESIGN.md: "a P-256 private key as PEM (PKCS#8 or SEC1) or as the raw
-    /// 32-byte scalar in base64url (what web-push tools print)".
+    /// docs/design.md §9.1 "VAPID": a P-256 private key as PEM (PKCS#8 or
+    /// SEC1) or as the raw 32-byte scalar in base64url (what web-push tools
+    /// print).
     fn parse(raw: &str) -> Option<Self> {
         let secret = if raw.contains("-----BEGIN") {
             let pem = normalize_pem(raw);
@@ -276,7 +277,7 @@ fn urgency(urgency: Urgency) -> &'static str {
     }
 }
 
-/// DESIGN.md "Providers → WebPush": top-level `room_id`, `event_id`, `type`,
+/// docs/design.md §9.3 "Payload": top-level `room_id`, `event_id`, `type`,
 /// `sender`, `sender_display_name`, `room_name`, `unread`, `missed_calls`
 /// (integers), `prio`, the keys of `default_payload`, and `content` as an
 /// object; event_id_only keeps ids, counts, `prio` and `default_payload`.

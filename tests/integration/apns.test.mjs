@@ -1,7 +1,7 @@
 // APNs end to end: the built worker in workerd sends to a fake APNs that
 // checks what Apple checks (ES256 provider token, claims, headers, size) and
-// answers per device token, so every outcome of DESIGN.md "Providers → APNs"
-// is driven here.
+// answers per device token, so every outcome of docs/design.md §7 "APNs" is
+// driven here.
 
 import assert from "node:assert/strict";
 import crypto from "node:crypto";

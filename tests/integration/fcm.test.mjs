@@ -2,8 +2,8 @@
 // service-account assertion at a fake Google token endpoint (which verifies it
 // with the account's public key) and sends to a fake FCM that checks the
 // bearer token it issued and refuses what Google refuses (non-string or
-// oversized `data`), answering per pushkey, so every outcome of DESIGN.md
-// "Providers → FCM" is driven here.
+// oversized `data`), answering per pushkey, so every outcome of docs/design.md
+// §8 "FCM" is driven here.
 
 import assert from "node:assert/strict";
 import crypto from "node:crypto";

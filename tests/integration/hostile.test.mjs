@@ -75,7 +75,7 @@ function withField(body, path, value) {
   return copy;
 }
 
-/** Fields the notify parser validates, and the type each must have (DESIGN.md "HTTP surface"). */
+/** Fields the notify parser validates, and the type each must have (docs/design.md §2.1 "What a valid notification is"). */
 const TYPED_FIELDS = {
   notification: "object",
   "notification.devices": "array",

@@ -1,4 +1,5 @@
-// The HTTP surface of DESIGN.md, row by row, against the built worker in workerd.
+// The HTTP surface of docs/design.md §2 "HTTP surface", row by row, against the
+// built worker in workerd.
 
 import assert from "node:assert/strict";
 import net from "node:net";

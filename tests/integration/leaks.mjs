@@ -1,6 +1,6 @@
 // What must never be in a worker's log: key material, tokens and whole
-// pushkeys (DESIGN.md "Logs and metrics": "pushkeys shortened, secrets and
-// tokens never"). Shortened pushkeys (a prefix and "…") are fine.
+// pushkeys (docs/design.md §14.1 "The log": never a key, a token, a secret's
+// content or a whole pushkey). Shortened pushkeys (a prefix and "…") are fine.
 
 /** Shorter fragments than this could match by chance. */
 const MIN_FRAGMENT = 12;

@@ -1,7 +1,7 @@
 // What the worker logs: one structured JSON line per notify (request id,
 // app ids, per-device outcome, provider status, tries, timings) with pushkeys
-// shortened, and never a key, a token or a whole pushkey (DESIGN.md "Logs and
-// metrics").
+// shortened, and never a key, a token or a whole pushkey (docs/design.md §14.1
+// "The log").
 //
 // One worker serves all four providers and is driven through every outcome:
 // delivered, rejected, retried, failed, token mints and re-mints, a refused

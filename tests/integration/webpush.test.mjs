@@ -1,8 +1,9 @@
 // WebPush and UnifiedPush end to end: the built worker in workerd sends to a
 // fake push service that verifies the VAPID signature and decrypts each body
 // with the browser-style subscription's private key, and to a fake
-// UnifiedPush endpoint. Every outcome of DESIGN.md "Providers → WebPush" and
-// "→ UnifiedPush", and the `allowed_endpoints` rule, is driven here.
+// UnifiedPush endpoint. Every outcome of docs/design.md §9 "WebPush" and §10
+// "UnifiedPush", and the `allowed_endpoints` rule (§6 "Endpoints a device
+// names"), is driven here.
 
 import assert from "node:assert/strict";
 import crypto from "node:crypto";
