@@ -15,7 +15,7 @@
 // CPU is the sum of /proc/<pid>/task/*/schedstat (ns) over the sample.
 
 import path from "node:path";
-import { Miniflare } from "miniflare";
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { COMPATIBILITY_DATE, NOTIFY } from "../tests/integration/harness.mjs";
 import {
   ANDROID, IOS, apnsPushkey, benchApps, benchKeys, buildOptions, device, fcmPushkey, floorOptions, median, notifyBody, schedCpuMs,
@@ -47,7 +47,7 @@ async function start(build) {
     build.name.startsWith("floor")
       ? floorOptions(`${origin}/3/device/ab`, build.dir.endsWith(".mjs") ? build.dir : undefined)
       : buildOptions(build.dir, apps, secrets);
-  const mf = new Miniflare({ modules: true, compatibilityDate: COMPATIBILITY_DATE, handleStructuredLogs: () => {}, ...options });
+  const mf = new Miniflare(convertV4MiniflareOptions({ modules: true, compatibilityDate: COMPATIBILITY_DATE, handleStructuredLogs: () => {}, ...options }));
   const url = (await mf.ready).origin;
   const pids = workerdChildren().filter((p) => !before.has(p));
   if (pids.length !== 1) throw new Error(`expected one new workerd, found ${pids.length}`);

@@ -15,7 +15,7 @@ import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import zlib from "node:zlib";
-import { Miniflare } from "miniflare";
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { COMPATIBILITY_DATE, NOTIFY, ROOT } from "../tests/integration/harness.mjs";
 import {
   ANDROID, IOS, apnsApp, apnsPushkey, benchApps, benchKeys, buildOptions, device, fcmApp, fcmPushkey, floorOptions,
@@ -46,13 +46,13 @@ const load1 = () => Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0
 async function startInstance(options) {
   const before = new Set(workerdChildren());
   const started = performance.now();
-  const mf = new Miniflare({
+  const mf = new Miniflare(convertV4MiniflareOptions({
     modules: true,
     compatibilityDate: COMPATIBILITY_DATE,
     // One JSON line per notify is part of what edgepush costs; drop it here.
     handleStructuredLogs: () => {},
     ...options,
-  });
+  }));
   await mf.ready;
   const readyMs = performance.now() - started;
   const pids = workerdChildren().filter((pid) => !before.has(pid));

@@ -98,9 +98,11 @@ export function benchApps(origin, keys, { keyId } = {}) {
 /** Miniflare options for a worker build (index.js + index_bg.wasm in `dir`); `modulesRoot` names its modules. */
 export function buildOptions(dir, apps, secrets, { modulesRoot = dir } = {}) {
   return {
-    scriptPath: path.join(dir, "index.js"),
+    modules: [
+      { type: "ESModule", path: path.join(dir, "index.js") },
+      { type: "CompiledWasm", path: path.join(dir, "index_bg.wasm") },
+    ],
     modulesRoot,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     kvNamespaces: ["TOKENS"],
     bindings: { ...secrets, APPS: JSON.stringify(apps) },
   };

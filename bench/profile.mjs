@@ -12,7 +12,7 @@
 // keeps its function names.
 
 import path from "node:path";
-import { Miniflare } from "miniflare";
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { COMPATIBILITY_DATE, NOTIFY } from "../tests/integration/harness.mjs";
 import { ANDROID, IOS, apnsPushkey, benchApps, benchKeys, buildOptions, device, floorOptions, notifyBody } from "./common.mjs";
 import { startFakeProviders } from "./fake-providers.mjs";
@@ -26,7 +26,7 @@ const { apps, secrets } = benchApps(origin, benchKeys());
 const body = notifyBody([which === "fcm" ? device(ANDROID, `bench-fcm-${"x".repeat(80)}`) : device(IOS, apnsPushkey())]);
 
 const inspectorPort = 9230 + Math.floor(Math.random() * 500);
-const mf = new Miniflare({
+const mf = new Miniflare(convertV4MiniflareOptions({
   modules: true,
   compatibilityDate: COMPATIBILITY_DATE,
   handleStructuredLogs: () => {},
@@ -34,7 +34,7 @@ const mf = new Miniflare({
   ...(dirArg === "floor"
     ? floorOptions(`${origin}/3/device/prof`)
     : buildOptions(dir, apps, secrets)),
-});
+}));
 await mf.ready;
 const post = async () => {
   const r = await mf.dispatchFetch(`http://edgepush.prof${dirArg === "floor" ? "/" : NOTIFY}`, { method: "POST", headers: { "content-type": "application/json" }, body });

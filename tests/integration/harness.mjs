@@ -10,12 +10,12 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Miniflare } from "miniflare";
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const NOTIFY = "/_matrix/push/v1/notify";
-/** Keep in step with wrangler.toml (workerd's supported range ends 2026-07-30). */
-export const COMPATIBILITY_DATE = "2026-07-01";
+/** Keep in step with wrangler.toml (the pinned workerd supports dates up to 2026-11-17). */
+export const COMPATIBILITY_DATE = "2026-11-17";
 const SCRIPT = path.join(ROOT, "build/index.js");
 
 /** The deferred-delivery queues of a worker started with `deferred`. */
@@ -54,10 +54,11 @@ export async function startWorker({
   const logs = [];
   /** @type {Record<string, any>} */
   const main = {
-    modules: true,
-    scriptPath: SCRIPT,
+    modules: [
+      { type: "ESModule", path: SCRIPT },
+      { type: "CompiledWasm", path: path.join(ROOT, "build/index_bg.wasm") },
+    ],
     modulesRoot: ROOT,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: COMPATIBILITY_DATE,
     kvNamespaces: kv ? ["TOKENS"] : [],
     // Miniflare's local Analytics Engine accepts data points and drops them.
@@ -76,9 +77,10 @@ export async function startWorker({
       }
     },
   };
-  const mf = new Miniflare(
+  // Miniflare 5 takes a new shape of options; the v4 shape converts to it.
+  const mf = new Miniflare(convertV4MiniflareOptions(
     deadLetter ? { ...shared, workers: [{ name: "edgepush", ...main }, deadLetterSink()] } : { ...shared, ...main },
-  );
+  ));
   await mf.ready;
   const tokens = kv ? await mf.getKVNamespace("TOKENS") : undefined;
 
