@@ -22,92 +22,98 @@ mod host {
     use std::io::Write as _;
     use std::process::ExitCode;
 
+    use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
     use edgepush::config::{AppConfig, Apps, Settings};
     use edgepush::sygnal_import::{self, Format, Import, Severity};
     use serde_json::Value;
 
-    const USAGE: &str = "\
-usage:
-  edgepush-config import-sygnal <sygnal.yaml> [--format json|toml]
-      Print the APPS equivalent to Sygnal's `apps` (stdout) and, on stderr,
-      the `wrangler secret put` command for each key file and what was not
-      carried over.
-  edgepush-config check-config [--dev-vars PATH] [--apps JSON|@FILE] [--secret NAME=PATH]...
-      Load APPS and its secrets with the worker's own parser and report every
-      problem. APPS comes from --apps (JSON, @file.json, or @wrangler.toml for
-      its [vars.APPS]) or from the dev vars file; secrets from the dev vars
-      file and --secret files (these win). Without --apps and --dev-vars,
-      ./.dev.vars is read.
+    /// Host-side tools for edgepush's configuration. Both read APPS with the
+    /// worker's own parser.
+    #[derive(Parser)]
+    #[command(name = "edgepush-config", after_help = "exit status: 0 all well, 1 a problem was found, 2 bad usage")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
 
-exit status: 0 all well, 1 a problem was found, 2 bad usage";
+    #[derive(Subcommand)]
+    enum Command {
+        /// Print the APPS equivalent to Sygnal's `apps` (stdout) and, on
+        /// stderr, the `wrangler secret put` command for each key file and
+        /// what was not carried over.
+        ImportSygnal {
+            /// Sygnal's configuration file.
+            #[arg(value_name = "SYGNAL_YAML")]
+            path: String,
+            /// How to print APPS: a JSON object, or wrangler.toml [vars.APPS] tables.
+            #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+            format: FormatArg,
+        },
+        /// Load APPS and its secrets with the worker's own parser and report
+        /// every problem. Without --apps and --dev-vars, ./.dev.vars is read.
+        CheckConfig {
+            /// A dev vars file (dotenv, as wrangler reads .dev.vars): APPS and secrets.
+            #[arg(long, value_name = "PATH")]
+            dev_vars: Option<String>,
+            /// APPS as JSON, @file.json, or @wrangler.toml (its [vars.APPS]); wins over the dev vars file's.
+            #[arg(long, value_name = "JSON|@FILE")]
+            apps: Option<String>,
+            /// A secret read from a file; wins over the dev vars file. Repeatable.
+            #[arg(long = "secret", value_name = "NAME=PATH", value_parser = parse_secret_arg)]
+            secrets: Vec<(String, String)>,
+        },
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum FormatArg {
+        Json,
+        Toml,
+    }
+
+    /// `NAME=PATH`, both non-empty.
+    fn parse_secret_arg(pair: &str) -> Result<(String, String), String> {
+        pair.split_once('=')
+            .filter(|(name, path)| !name.is_empty() && !path.is_empty())
+            .map(|(name, path)| (name.to_string(), path.to_string()))
+            .ok_or_else(|| "write NAME=PATH".to_string())
+    }
 
     /// The input or the config has a problem.
     const EXIT_PROBLEM: u8 = 1;
-    const EXIT_USAGE: u8 = 2;
 
     pub fn main() -> ExitCode {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let result = match args.split_first() {
-            Some((command, rest)) if command == "import-sygnal" => import_sygnal(rest),
-            Some((command, rest)) if command == "check-config" => check_config(rest),
-            Some((flag, _)) if flag == "--help" || flag == "-h" || flag == "help" => {
-                println!("{USAGE}");
-                Ok(true)
+        // Bad usage exits 2 with clap's message; --help exits 0.
+        let all_well = match Cli::parse().command {
+            Command::ImportSygnal { path, format } => {
+                let format = match format {
+                    FormatArg::Json => Format::Json,
+                    FormatArg::Toml => Format::Toml,
+                };
+                import_sygnal(&path, format)
             }
-            Some((other, _)) => Err(Usage(format!("unknown command {other:?}"))),
-            None => Err(Usage("a command is needed".into())),
+            Command::CheckConfig { dev_vars, apps, secrets } => check_config(dev_vars, apps, &secrets),
         };
-        match result {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(EXIT_PROBLEM),
-            Err(Usage(message)) => {
-                eprintln!("edgepush-config: {message}\n\n{USAGE}");
-                ExitCode::from(EXIT_USAGE)
-            }
+        if all_well {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_PROBLEM)
         }
     }
 
-    /// A command line that cannot be run.
-    struct Usage(String);
-
-    /// `Ok(true)`: all well; `Ok(false)`: problems were reported.
-    type Outcome = Result<bool, Usage>;
-
-    fn flag_value<'a>(flag: &str, args: &mut impl Iterator<Item = &'a String>) -> Result<&'a String, Usage> {
-        args.next().ok_or_else(|| Usage(format!("{flag} needs a value")))
-    }
-
-    fn import_sygnal(args: &[String]) -> Outcome {
-        let mut path = None;
-        let mut format = Format::Json;
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--format" => {
-                    format = match flag_value("--format", &mut args)?.as_str() {
-                        "json" => Format::Json,
-                        "toml" => Format::Toml,
-                        other => return Err(Usage(format!("--format {other:?}: use json or toml"))),
-                    }
-                }
-                flag if flag.starts_with('-') => return Err(Usage(format!("unknown option {flag:?}"))),
-                file if path.is_none() => path = Some(file.to_string()),
-                extra => return Err(Usage(format!("unexpected argument {extra:?}"))),
-            }
-        }
-        let path = path.ok_or_else(|| Usage("import-sygnal needs the path of sygnal.yaml".into()))?;
-        let yaml = match std::fs::read_to_string(&path) {
+    /// `true`: all well; `false`: problems were reported.
+    fn import_sygnal(path: &str, format: Format) -> bool {
+        let yaml = match std::fs::read_to_string(path) {
             Ok(yaml) => yaml,
             Err(e) => {
                 eprintln!("error: cannot read {path}: {e}");
-                return Ok(false);
+                return false;
             }
         };
         let mut import = match sygnal_import::convert(&yaml) {
             Ok(import) => import,
             Err(e) => {
                 eprintln!("error: {path}: {e}");
-                return Ok(false);
+                return false;
             }
         };
         sygnal_import::verify(&mut import, |file| std::fs::read_to_string(file).map_err(|e| e.to_string()));
@@ -115,12 +121,12 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
             Ok(text) => print!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");
-                return Ok(false);
+                return false;
             }
         }
         let _ = std::io::stdout().flush();
-        eprint!("{}", import_report(&path, &import, format));
-        Ok(!import.has_errors())
+        eprint!("{}", import_report(path, &import, format));
+        !import.has_errors()
     }
 
     /// What `import-sygnal` tells the user on stderr, next steps first.
@@ -162,31 +168,15 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
         out
     }
 
-    fn check_config(args: &[String]) -> Outcome {
-        let mut dev_vars_path = None;
-        let mut apps_arg = None;
-        let mut secret_files = Vec::new();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--dev-vars" => dev_vars_path = Some(flag_value("--dev-vars", &mut args)?.clone()),
-                "--apps" => apps_arg = Some(flag_value("--apps", &mut args)?.clone()),
-                "--secret" => {
-                    let pair = flag_value("--secret", &mut args)?;
-                    let (name, path) = pair
-                        .split_once('=')
-                        .filter(|(name, path)| !name.is_empty() && !path.is_empty())
-                        .ok_or_else(|| Usage(format!("--secret {pair:?}: write NAME=PATH")))?;
-                    secret_files.push((name.to_string(), path.to_string()));
-                }
-                other => return Err(Usage(format!("unexpected argument {other:?}"))),
-            }
-        }
+    fn check_config(dev_vars_path: Option<String>, apps_arg: Option<String>, secret_files: &[(String, String)]) -> bool {
+        let mut dev_vars_path = dev_vars_path;
         if dev_vars_path.is_none() && apps_arg.is_none() {
             if std::path::Path::new(".dev.vars").is_file() {
                 dev_vars_path = Some(".dev.vars".to_string());
             } else {
-                return Err(Usage("no APPS given: pass --apps or --dev-vars (there is no ./.dev.vars)".into()));
+                Cli::command()
+                    .error(clap::error::ErrorKind::MissingRequiredArgument, "no APPS given: pass --apps or --dev-vars (there is no ./.dev.vars)")
+                    .exit();
             }
         }
 
@@ -212,7 +202,7 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
             None => vars.get("APPS").cloned().map(Value::String),
         };
         let mut secrets = vars.clone();
-        for (name, path) in &secret_files {
+        for (name, path) in secret_files {
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     secrets.insert(name.clone(), text);
@@ -283,7 +273,7 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
         } else if app_count > 0 {
             let _ = writeln!(out, "all {app_count} apps load, but APPS has problems");
         }
-        Ok(all_well)
+        all_well
     }
 
     /// `--apps`: inline JSON, `@file` holding JSON, or `@wrangler.toml`
@@ -328,6 +318,14 @@ exit status: 0 all well, 1 a problem was found, 2 bad usage";
     /// `.dev.vars` as wrangler reads it (dotenv): `NAME=value` lines, `#`
     /// comments, values in single, double or back quotes may span lines,
     /// and in double quotes `\n` / `\r` stand for line breaks.
+    ///
+    /// Hand-written because no Rust crate reads it as wrangler does: wrangler
+    /// parses `.dev.vars` with npm's `dotenv` and expands nothing, while the
+    /// Rust dotenv crates (dotenvy and its kin) expand `$NAME` in unquoted
+    /// and double-quoted values, unescape `\\` and `\"`, and know no back
+    /// quotes, so a PEM, a JSON `APPS` or a secret holding `$` would be read
+    /// otherwise than the worker gets it. Unlike wrangler, a line that is
+    /// not `NAME=value` is an error here rather than skipped: this is a checker.
     pub(crate) fn parse_dotenv(text: &str) -> Result<BTreeMap<String, String>, String> {
         let mut vars = BTreeMap::new();
         let mut lines = text.lines().enumerate();
