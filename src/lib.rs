@@ -22,6 +22,7 @@ pub mod tokens;
 #[cfg(test)]
 pub(crate) mod testing;
 
+
 #[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]

@@ -336,9 +336,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = format!("{}/tests/fixtures/synapse/{name}", env!("CARGO_MANIFEST_DIR"));
-        let raw: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        serde_json::to_vec(&raw["body"]).unwrap()
+        serde_json::to_vec(&crate::testing::synapse_body(name)).unwrap()
     }
 
     fn err(body: &str) -> ApiError {

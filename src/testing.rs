@@ -1,7 +1,12 @@
-//! Virtual time for host tests: sleeps that end when the test's clock
-//! reaches them, and a driver that moves the clock only when every task is
-//! waiting on a timer. A slow mint or a long `Retry-After` then costs no
-//! real time, and the order of events is the one real time would give.
+//! Helpers for host tests.
+//!
+//! Virtual time: sleeps that end when the test's clock reaches them, and a
+//! driver that moves the clock only when every task is waiting on a timer.
+//! A slow mint or a long `Retry-After` then costs no real time, and the
+//! order of events is the one real time would give.
+//!
+//! Synapse fixtures: the captured requests in `tests/fixtures/synapse/`,
+//! read by one loader.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -109,4 +114,22 @@ impl Future for YieldOnce {
             Poll::Pending
         }
     }
+}
+
+/// The `/notify` body of a captured Synapse request in `tests/fixtures/synapse/`.
+#[allow(clippy::unwrap_used)]
+pub fn synapse_body(name: &str) -> serde_json::Value {
+    let path = format!("{}/tests/fixtures/synapse/{name}", env!("CARGO_MANIFEST_DIR"));
+    let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    raw.get("body").cloned().unwrap_or_else(|| panic!("{path} has no body"))
+}
+
+/// That body, parsed, with its `devices` replaced when `devices` is given.
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+pub fn synapse_notification(name: &str, devices: Option<Vec<serde_json::Value>>) -> crate::notify::Notification {
+    let mut body = synapse_body(name);
+    if let Some(devices) = devices {
+        body["notification"]["devices"] = serde_json::Value::Array(devices);
+    }
+    crate::notify::parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap()
 }

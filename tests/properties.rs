@@ -8,6 +8,8 @@ use edgepush::config::{AppConfig, Apps};
 use edgepush::notify::parse_notify;
 use edgepush::notify::Notification;
 use edgepush::providers::{apns, fcm, unifiedpush, webpush, App, Outcome, ProviderResponse};
+use std::cell::Cell;
+
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -145,8 +147,30 @@ fn is_device_fault(outcome: &Outcome) -> bool {
     *outcome == Outcome::Rejected
 }
 
+/// Cases per property: `PROPTEST_CASES`, else `default`.
+fn config(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default);
+    ProptestConfig { cases, ..ProptestConfig::default() }
+}
+
+/// How many generated inputs reached the property's checks. A property
+/// whose checks sit behind `if let Ok(prepared)` would pass without
+/// checking anything if every input were refused; `assert_reached` fails it.
+#[derive(Default)]
+struct Reached(Cell<u32>);
+
+impl Reached {
+    fn hit(&self) {
+        self.0.set(self.0.get() + 1);
+    }
+
+    fn assert_reached(&self, what: &str) {
+        assert!(self.0.get() > 0, "{what}: no generated input got this far, so nothing was checked");
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256), ..ProptestConfig::default() })]
+    #![proptest_config(config(256))]
 
     #[test]
     fn notify_parser_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -174,17 +198,6 @@ proptest! {
     }
 
     #[test]
-    fn apns_payload_fits_and_is_valid(body in notification_body()) {
-        let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
-        let app = apns_app();
-        let device = &n.devices[0];
-        if let Ok(prepared) = app.prepare(&n, device, 1_800_000_000) {
-            prop_assert!(prepared.request.body.len() <= apns::MAX_PAYLOAD_BYTES, "{} bytes", prepared.request.body.len());
-            let _: Value = serde_json::from_slice(&prepared.request.body).unwrap();
-        }
-    }
-
-    #[test]
     fn classifiers_never_panic(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..200), retry in ".{0,12}") {
         let response = ProviderResponse { status, headers: vec![("retry-after".into(), retry)], body };
         let _ = apns::classify(&response);
@@ -192,18 +205,39 @@ proptest! {
         let _ = edgepush::providers::webpush::classify(&response);
         let _ = edgepush::providers::unifiedpush::classify(&response);
     }
+}
 
-    /// docs/design.md §8.2 "Message": FCM's `data` holds strings only, never
-    /// `null` or `"None"`, each value ≤ 1024 bytes, the whole `data` (without
-    /// a `notification`) ≤ 4096 bytes.
-    #[test]
-    fn fcm_data_is_strings_within_limits(body in notification_body(), operator in prop::collection::btree_map("[a-z_]{1,10}", json_value(), 0..4)) {
+#[test]
+fn apns_payload_fits_and_is_valid() {
+    let app = apns_app();
+    let prepared = Reached::default();
+    proptest!(config(256), |(body in notification_body())| {
+        let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
+        if let Ok(request) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
+            prepared.hit();
+            prop_assert!(request.request.body.len() <= apns::MAX_PAYLOAD_BYTES, "{} bytes", request.request.body.len());
+            let _: Value = serde_json::from_slice(&request.request.body).unwrap();
+        }
+    });
+    prepared.assert_reached("apns prepare");
+}
+
+/// docs/design.md §8.2 "Message": FCM's `data` holds strings only, never
+/// `null` or `"None"`, each value ≤ 1024 bytes, the whole `data` (without
+/// a `notification`) ≤ 4096 bytes; a map that cannot be built is the
+/// device's fault.
+#[test]
+fn fcm_data_is_strings_within_limits() {
+    let built = Reached::default();
+    let operator_data = prop::collection::btree_map("[a-z_]{1,10}", json_value(), 0..4);
+    proptest!(config(256), |(body in notification_body(), operator in operator_data)| {
         let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
         let operator: Map<String, Value> = operator.into_iter().collect();
         for device in &n.devices {
             for op in [None, Some(&operator)] {
                 match fcm::data_for(&n, device, op) {
                     Ok(data) => {
+                        built.hit();
                         let mut total = 0;
                         for (key, value) in &data {
                             let text = value.as_str();
@@ -219,18 +253,23 @@ proptest! {
                 }
             }
         }
-    }
+    });
+    built.assert_reached("fcm data_for");
+}
 
-    /// With `fcm_notification`, the notification and `data` share FCM's 4096
-    /// bytes, and only the device's own `default_payload` can make it fail.
-    #[test]
-    fn fcm_visible_notification_and_data_fit_together(body in notification_body()) {
+/// With `fcm_notification`, the notification and `data` share FCM's 4096
+/// bytes, and only the device's own `default_payload` can make it fail.
+#[test]
+fn fcm_visible_notification_and_data_fit_together() {
+    let app = fcm_visible_app();
+    let prepared = Reached::default();
+    proptest!(config(256), |(body in notification_body())| {
         let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
-        let app = fcm_visible_app();
         for device in &n.devices {
             match app.prepare(&n, device, 1_800_000_000) {
-                Ok(prepared) => {
-                    let message: Value = serde_json::from_slice(&prepared.request.body).unwrap();
+                Ok(request) => {
+                    prepared.hit();
+                    let message: Value = serde_json::from_slice(&request.request.body).unwrap();
                     let size = |v: &Value| v.as_object().map_or(0, |m| m.iter().map(|(k, v)| k.len() + v.as_str().unwrap().len()).sum::<usize>());
                     let (data, shown) = (&message["message"]["data"], &message["message"]["notification"]);
                     prop_assert!(size(data) + size(shown) <= fcm::MAX_DATA_BYTES, "{} + {} bytes", size(data), size(shown));
@@ -239,67 +278,85 @@ proptest! {
                 Err(verdict) => prop_assert!(is_device_fault(&verdict.outcome), "{:?}: {}", verdict.outcome, verdict.reason),
             }
         }
-    }
+    });
+    prepared.assert_reached("fcm prepare with fcm_notification");
+}
 
-    #[test]
-    fn fcm_message_is_valid_json_with_our_token(body in notification_body()) {
+#[test]
+fn fcm_message_is_valid_json_with_our_token() {
+    let app = fcm_app();
+    let prepared = Reached::default();
+    proptest!(config(256), |(body in notification_body())| {
         let mut n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
         n.devices[0].pushkey = edgepush::notify::Pushkey("opaque:token/with+odd=chars".into());
-        let app = fcm_app();
-        if let Ok(prepared) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
-            let message: Value = serde_json::from_slice(&prepared.request.body).unwrap();
+        if let Ok(request) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
+            prepared.hit();
+            let message: Value = serde_json::from_slice(&request.request.body).unwrap();
             prop_assert_eq!(&message["message"]["token"], &json!("opaque:token/with+odd=chars"));
             prop_assert!(message["message"]["data"].as_object().unwrap().values().all(Value::is_string));
         }
-    }
+    });
+    prepared.assert_reached("fcm prepare");
+}
 
-    /// docs/design.md §9.2 "Subscription and request" and §9.3 "Payload":
-    /// one aes128gcm record of at most 4096 bytes; a payload that fits once
-    /// cut is never refused.
-    #[test]
-    fn webpush_record_fits(body in notification_body()) {
+/// docs/design.md §9.2 "Subscription and request" and §9.3 "Payload":
+/// one aes128gcm record of at most 4096 bytes.
+#[test]
+fn webpush_record_fits() {
+    let app = webpush_app();
+    let prepared = Reached::default();
+    proptest!(config(256), |(body in notification_body())| {
         let n = as_webpush_device(parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap());
-        let app = webpush_app();
-        // Ids and names far over Matrix's limits cannot always be fitted:
-        // only what is sent is checked.
-        if let Ok(prepared) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
-            prop_assert!(prepared.request.body.len() <= webpush::RECORD_SIZE, "{} bytes", prepared.request.body.len());
+        // Names far over any limit cannot always be fitted: only what is
+        // sent is checked here (realistic notifications always fit, below).
+        if let Ok(request) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
+            prepared.hit();
+            prop_assert!(request.request.body.len() <= webpush::RECORD_SIZE, "{} bytes", request.request.body.len());
         }
-    }
+    });
+    prepared.assert_reached("webpush prepare");
+}
 
-    /// docs/design.md §10 "UnifiedPush": `{"notification": …}` without
-    /// `devices`, fitted to 4096 bytes.
-    #[test]
-    fn unifiedpush_body_fits(body in notification_body()) {
+/// docs/design.md §10 "UnifiedPush": `{"notification": …}` without
+/// `devices`, fitted to 4096 bytes.
+#[test]
+fn unifiedpush_body_fits() {
+    let app = unifiedpush_app();
+    let prepared = Reached::default();
+    proptest!(config(256), |(body in notification_body())| {
         let mut n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
         n.devices[0].pushkey = edgepush::notify::Pushkey("https://ntfy.example.net/upAbc?up=1".into());
-        let app = unifiedpush_app();
-        if let Ok(prepared) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
-            prop_assert!(prepared.request.body.len() <= unifiedpush::MAX_BODY, "{} bytes", prepared.request.body.len());
-            let sent: Value = serde_json::from_slice(&prepared.request.body).unwrap();
+        if let Ok(request) = app.prepare(&n, &n.devices[0], 1_800_000_000) {
+            prepared.hit();
+            prop_assert!(request.request.body.len() <= unifiedpush::MAX_BODY, "{} bytes", request.request.body.len());
+            let sent: Value = serde_json::from_slice(&request.request.body).unwrap();
             prop_assert!(sent["notification"].is_object());
             prop_assert!(sent["notification"].get("devices").is_none(), "devices are never forwarded");
         }
-    }
-
+    });
+    prepared.assert_reached("unifiedpush prepare");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(128), ..ProptestConfig::default() })]
-
-    /// A notification a homeserver really sends always fits: every provider
-    /// either prepares a request within its limit or refuses the device, and
-    /// never fails it (a 502 the homeserver would retry for ever).
-    #[test]
-    fn realistic_notifications_always_fit(body in realistic_body()) {
+/// A notification a homeserver really sends always fits: every provider
+/// either prepares a request within its limit or refuses the device, and
+/// never fails it (a 502 the homeserver would retry for ever).
+#[test]
+fn realistic_notifications_always_fit() {
+    let apps = [("apns", apns_app()), ("fcm", fcm_app()), ("webpush", webpush_app()), ("unifiedpush", unifiedpush_app())];
+    let prepared: [Reached; 4] = Default::default();
+    proptest!(config(128), |(body in realistic_body())| {
         let n = parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap();
         let mut up = n.clone();
         up.devices[0].pushkey = edgepush::notify::Pushkey("https://ntfy.example.net/upAbc?up=1".into());
         let web = as_webpush_device(n.clone());
-        for (name, app, n) in [("apns", apns_app(), &n), ("fcm", fcm_app(), &n), ("webpush", webpush_app(), &web), ("unifiedpush", unifiedpush_app(), &up)] {
-            if let Err(verdict) = app.prepare(n, &n.devices[0], 1_800_000_000) {
-                prop_assert!(verdict.outcome != Outcome::Failed, "{name}: {}", verdict.reason);
+        for (((name, app), n), reached) in apps.iter().zip([&n, &n, &web, &up]).zip(&prepared) {
+            match app.prepare(n, &n.devices[0], 1_800_000_000) {
+                Ok(_) => reached.hit(),
+                Err(verdict) => prop_assert!(verdict.outcome != Outcome::Failed, "{name}: {}", verdict.reason),
             }
         }
+    });
+    for ((name, _), reached) in apps.iter().zip(&prepared) {
+        reached.assert_reached(&format!("{name} prepare of realistic notifications"));
     }
 }

@@ -637,9 +637,7 @@ mod tests {
     const NOW: UnixSecs = 1_795_564_953;
 
     fn notification(fixture: &str) -> Notification {
-        let path = format!("{}/tests/fixtures/synapse/{fixture}", env!("CARGO_MANIFEST_DIR"));
-        let raw: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        parse_notify(&serde_json::to_vec(&raw["body"]).unwrap(), 20).unwrap()
+        crate::testing::synapse_notification(fixture, None)
     }
 
     fn golden(name: &str) -> Value {

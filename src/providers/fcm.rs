@@ -642,12 +642,7 @@ mod tests {
 
     /// The `/notify` body of a Synapse fixture, with `device` replacing its devices.
     fn fixture_with_device(name: &str, device: Option<Value>) -> Notification {
-        let raw: Value = serde_json::from_slice(&std::fs::read(path(&format!("fixtures/synapse/{name}"))).unwrap()).unwrap();
-        let mut body = raw["body"].clone();
-        if let Some(device) = device {
-            body["notification"]["devices"] = json!([device]);
-        }
-        parse_notify(&serde_json::to_vec(&body).unwrap(), 20).unwrap()
+        crate::testing::synapse_notification(name, device.map(|d| vec![d]))
     }
 
     fn notification(body: Value) -> Notification {

@@ -177,7 +177,6 @@ pub fn classify(response: &ProviderResponse) -> Verdict {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::notify::parse_notify;
     use crate::providers::fit::samples;
 
     const ENDPOINT: &str = "https://ntfy.example.net/upAbCdEf123?up=1";
@@ -187,10 +186,7 @@ mod tests {
     }
 
     fn fixture(name: &str, pushkey: &str, data: Value) -> Notification {
-        let path = format!("{}/tests/fixtures/synapse/{name}", env!("CARGO_MANIFEST_DIR"));
-        let mut raw: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        raw["body"]["notification"]["devices"] = json!([{"app_id": "im.app.up", "pushkey": pushkey, "data": data}]);
-        parse_notify(&serde_json::to_vec(&raw["body"]).unwrap(), 20).unwrap()
+        crate::testing::synapse_notification(name, Some(vec![json!({"app_id": "im.app.up", "pushkey": pushkey, "data": data})]))
     }
 
     fn sent(app: &UnifiedPushApp, n: &Notification) -> (Prepared, Value) {

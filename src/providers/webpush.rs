@@ -513,10 +513,7 @@ mod tests {
     }
 
     fn fixture(name: &str, device: Value) -> Notification {
-        let path = format!("{}/tests/fixtures/synapse/{name}", env!("CARGO_MANIFEST_DIR"));
-        let mut raw: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-        raw["body"]["notification"]["devices"] = json!([device]);
-        parse_notify(&serde_json::to_vec(&raw["body"]).unwrap(), 20).unwrap()
+        crate::testing::synapse_notification(name, Some(vec![device]))
     }
 
     fn notification(body: Value) -> Notification {

@@ -449,7 +449,7 @@ describe("APNs", () => {
 
   test("the log holds no whole pushkey, token or key", async () => {
     assertStatus(await worker.notify(notification([device(pushkey())])), 200);
-    await worker.waitForLog(() => false, 300);
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const log = worker.logText();
     assert.ok(worker.logs.length > 0, "the worker logs each notify");
     for (const k of usedPushkeys) {

@@ -358,6 +358,7 @@ describe("provider faults", () => {
 
   test("the log holds no key, token or whole pushkey", async () => {
     assert.ok(tokens.size >= 2, "tokens were collected");
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const leaks = findLeaks(worker.logs, {
       secrets: [apnsKey.p8, sendAccount.keyFile(fcm.tokenUri), ...Object.values(tokenAccounts).map((a) => a.keyFile(fcm.tokenUri))],
       tokens: [...tokens, "ya29.cut-off-token", "ya29 with spaces"],

@@ -474,7 +474,7 @@ describe("FCM", () => {
 
   test("the log holds no whole pushkey, access token, assertion or key", async () => {
     assertStatus(await worker.notify(notification([device(pushkey())])), 200);
-    await worker.waitForLog(() => false, 300);
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const log = worker.logText();
     assert.ok(worker.logs.length > 0, "the worker logs each notify");
     for (const k of usedPushkeys) {

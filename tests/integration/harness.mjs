@@ -5,7 +5,8 @@
 //   const { status, json } = await worker.notify(body);
 //   await worker.close();
 //
-// `worker.logs` collects the worker's console output ({level, message}).
+// `worker.logs` collects the worker's console output ({level, message});
+// `await worker.waitForNotifyLogs()` before scanning it.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -84,9 +85,19 @@ export async function startWorker({
   await mf.ready;
   const tokens = kv ? await mf.getKVNamespace("TOKENS") : undefined;
 
+  // Every POST /notify the worker answered: each writes exactly one log line.
+  let notifiesAnswered = 0;
+  /** Miniflare's dispatchFetch, counting the notifies answered. @param {string} urlPath @param {RequestInit} [init] */
+  const dispatchFetch = async (urlPath, init) => {
+    const response = await mf.dispatchFetch(`http://edgepush.test${urlPath}`, init);
+    const { pathname } = new URL(urlPath, "http://edgepush.test");
+    if ((init?.method ?? "GET").toUpperCase() === "POST" && pathname === NOTIFY) notifiesAnswered += 1;
+    return response;
+  };
+
   /** @param {string} urlPath @param {RequestInit} [init] */
   const request = async (urlPath, init) => {
-    const response = await mf.dispatchFetch(`http://edgepush.test${urlPath}`, init);
+    const response = await dispatchFetch(urlPath, init);
     const text = await response.text();
     let json;
     try {
@@ -133,13 +144,24 @@ export async function startWorker({
     },
     /** Wait until a log line satisfies `predicate` (logs arrive asynchronously). */
     async waitForLog(predicate, timeoutMs = 2000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const found = logs.find(predicate);
-        if (found) return found;
-        if (Date.now() > deadline) return undefined;
-        await new Promise((resolve) => setTimeout(resolve, 20));
-      }
+      return waitUntil(() => logs.find(predicate), timeoutMs);
+    },
+    dispatchFetch,
+    /** A notify answered on a path the harness does not see (a raw socket). */
+    noteNotifyAnswered() {
+      notifiesAnswered += 1;
+    },
+    /** How many notifies the worker answered through the harness. */
+    get notifiesAnswered() {
+      return notifiesAnswered;
+    },
+    /**
+     * Wait until every notify answered so far has written its log line, so a
+     * scan of `logs` sees them all. False after `timeoutMs`.
+     */
+    async waitForNotifyLogs(timeoutMs = 5000) {
+      const written = () => logs.filter((l) => l.message.includes('"msg":"notify"')).length;
+      return (await waitUntil(() => written() >= notifiesAnswered, timeoutMs)) === true;
     },
     close: () => mf.dispose(),
   };
@@ -177,6 +199,17 @@ function deadLetterSink() {
       },
     };`,
   };
+}
+
+/** `condition()`'s first truthy value, polled every 20 ms; undefined after `timeoutMs`. */
+export async function waitUntil(condition, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = condition();
+    if (value) return value;
+    if (Date.now() > deadline) return undefined;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 /** The /notify body of a captured Synapse request in tests/fixtures/synapse/. */

@@ -229,6 +229,7 @@ describe("hostile input", () => {
       }
       text = out;
     }
+    if (status) worker.noteNotifyAnswered();
     return { status, text, json: parseJson(text) };
   }
 
@@ -526,6 +527,7 @@ describe("hostile input", () => {
   });
 
   test("the log holds no key, token or whole pushkey, and no 5xx was logged", async () => {
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const leaks = findLeaks(worker.logs, {
       secrets: [apnsKey.p8, account.keyFile(fcm.tokenUri), vapid.raw],
       tokens: [...apns.tokensSeen.map((t) => t.jwt), ...fcm.delivered.map((d) => d.accessToken)],

@@ -188,7 +188,8 @@ describe("logs", () => {
 
   test("one JSON line per notify: request id, status, time, and per device app id, outcome, status, tries", async () => {
     // Logs arrive asynchronously.
-    await worker.waitForLog(() => worker.logs.filter((l) => l.message.includes("\"msg\":\"notify\"")).length >= notifies, 3000);
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived");
+    assert.equal(worker.notifiesAnswered, notifies);
     const lines = worker.logs
       .map((l) => { try { return JSON.parse(l.message); } catch { return undefined; } })
       .filter((line) => line?.msg === "notify");

@@ -231,6 +231,7 @@ function soak(name, { notifies: notifyCount, vars, deferred }) {
         assert.equal(split, 0, "every copy of a push carries the same identity");
       }
 
+      assert.ok(await worker.waitForNotifyLogs(30_000), "every notify's log line arrived before the scan");
       const leaks = findLeaks(worker.logs, {
         secrets: [apnsKey.p8, account.keyFile(fcm.tokenUri)],
         tokens: [...new Set([...apns.tokensSeen.map((t) => t.jwt), ...fcm.delivered.map((d) => d.accessToken)])],

@@ -210,6 +210,7 @@ describe("Synapse end to end", { skip, timeout: 5 * 60 * 1000 }, () => {
 
   test("the worker's log holds no key, token or whole pushkey", async () => {
     await fcmPush(sent.encrypted);
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const leaks = findLeaks(worker.logs, {
       secrets: [apnsKey.p8, account.keyFile(fcm.tokenUri)],
       tokens: [...apns.tokensSeen.map((t) => t.jwt), ...fcm.delivered.map((d) => d.accessToken)],

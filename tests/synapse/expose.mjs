@@ -21,7 +21,7 @@ export async function exposeWorker(worker) {
     }
     try {
       const hasBody = req.method !== "GET" && req.method !== "HEAD";
-      const response = await worker.mf.dispatchFetch(`http://edgepush.test${req.url}`, {
+      const response = await worker.dispatchFetch(req.url ?? "/", {
         method: req.method,
         headers,
         body: hasBody ? body : undefined,
