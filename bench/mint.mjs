@@ -14,7 +14,7 @@
 // A mint happens once per key per 30-minute window in each isolate.
 
 import path from "node:path";
-import { Miniflare } from "miniflare";
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { COMPATIBILITY_DATE, NOTIFY, ROOT } from "../tests/integration/harness.mjs";
 import { apnsApp, apnsPushkey, benchKeys, buildOptions, device, median, notifyBody, schedCpuMs, workerdChildren } from "./common.mjs";
 import { startFakeProviders } from "./fake-providers.mjs";
@@ -33,12 +33,12 @@ const apps = Object.fromEntries(
 
 async function start() {
   const before = new Set(workerdChildren());
-  const mf = new Miniflare({
+  const mf = new Miniflare(convertV4MiniflareOptions({
     modules: true,
     compatibilityDate: COMPATIBILITY_DATE,
     handleStructuredLogs: () => {},
     ...buildOptions(path.join(ROOT, "build"), apps, { APNS_KEY: keys.apnsP8 }, { modulesRoot: ROOT }),
-  });
+  }));
   await mf.ready;
   const [pid] = workerdChildren().filter((p) => !before.has(p));
   return { mf, pid };
