@@ -44,6 +44,13 @@ function stop(proc) {
   }
 }
 
+/** Polls `condition` until it holds or `timeoutMs` passes; its last value. */
+async function eventually(condition, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+  return condition();
+}
+
 const results = [];
 function check(name, ok, detail = "") {
   results.push(ok);
@@ -95,8 +102,8 @@ try {
   });
   const notifyText = await notify.text();
   check("POST notify answers 200 {\"rejected\":[]}", notify.status === 200 && notifyText.replace(/\s/g, "") === '{"rejected":[]}', `${notify.status} ${notifyText}`);
-  await new Promise((resolve) => setTimeout(resolve, 200));
-  check("the fake provider received the APNs push", fake.read().includes("APNs push to device abcdef1234567890"), fake.read());
+  const apnsSeen = await eventually(() => fake.read().includes("APNs push to device abcdef1234567890"));
+  check("the fake provider received the APNs push", apnsSeen, fake.read());
 
   const hms = await fetch(`${base}/_matrix/push/v1/notify`, {
     method: "POST",
@@ -110,8 +117,8 @@ try {
   });
   const hmsText = await hms.text();
   check("POST notify to the sample HMS app answers 200", hms.status === 200 && hmsText.replace(/\s/g, "") === '{"rejected":[]}', `${hms.status} ${hmsText}`);
-  await new Promise((resolve) => setTimeout(resolve, 200));
-  check("the fake provider received the HMS token request and message", /HMS OAuth token request for app 104123456[\s\S]*HMS message for app 104123456/.test(fake.read()), fake.read());
+  const hmsSeen = await eventually(() => /HMS OAuth token request for app 104123456[\s\S]*HMS message for app 104123456/.test(fake.read()));
+  check("the fake provider received the HMS token request and message", hmsSeen, fake.read());
 } catch (err) {
   check("wrangler dev smoke test", false, String(err));
 } finally {

@@ -457,6 +457,7 @@ describe("HMS", () => {
     assert.deepEqual(logged.devices.map((d) => [d.provider, d.outcome]), [["hms", "rejected"], ["hms", "delivered"]]);
     const tokens = [...new Set(fake.requests.map((r) => /^Bearer (\S+)$/.exec(r.headers.authorization ?? "")?.[1]).filter(Boolean))];
     assert.ok(tokens.length > 0);
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const leaks = findLeaks(worker.logs, { secrets: [main.secret], tokens, pushkeys: [...usedPushkeys] });
     assert.deepEqual(leaks, []);
   });
