@@ -105,6 +105,7 @@ describe("deferred delivery", () => {
   });
 
   const closeWorker = async () => {
+    assert.ok(await worker.waitForNotifyLogs(), "every notify's log line arrived before the scan");
     const leaks = findLeaks(worker.logs, {
       secrets: [apnsKey.p8, account.keyFile(fcm.tokenUri)],
       tokens: [...apns.tokensSeen.map((t) => t.jwt), ...fcm.delivered.map((d) => d.accessToken)],
