@@ -31,7 +31,7 @@ use crate::dispatch::{DeviceReport, Dispatcher, FinalOutcome, Transport};
 use crate::notify::{Device, Notification, Pushkey, Tweaks};
 use crate::providers::jwt::JwtToSign;
 use crate::providers::{AnswerBody, App, OutRequest, Outcome, Prepared, ProviderResponse, Verdict};
-use crate::tokens::{TokenCache, TokenSource};
+use crate::tokens::{Signal, TokenCache, TokenSource};
 
 /// The version of the message format; a message of another version is not
 /// sent (it is dead-lettered as unreadable).
@@ -594,6 +594,20 @@ impl<T: Transport> Transport for Metered<'_, T> {
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
         self.inner.sign(jwt).await
     }
+    /// The worker's signal wakes a waiter in its own request's context: a
+    /// default one would wake it from whichever request ends the mint.
+    fn signal(&self) -> Signal {
+        self.inner.signal()
+    }
+    async fn over_rate_limit(&self, key: &str) -> bool {
+        self.inner.over_rate_limit(key).await
+    }
+    fn deferral(&self) -> Option<&DeferredSettings> {
+        self.inner.deferral()
+    }
+    async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
+        self.inner.defer(pushes).await
+    }
     fn is_spent(&self) -> bool {
         self.budget.get() == 0 || self.inner.is_spent()
     }
@@ -650,6 +664,7 @@ mod tests {
         queued: RefCell<Vec<Enqueue>>,
         queue_refuses: bool,
         over_rate_limit: bool,
+        signals: Cell<u32>,
     }
 
     impl Fake {
@@ -705,6 +720,10 @@ mod tests {
         async fn kv_put(&self, _key: &str, _value: &str, _ttl: u64) {}
         async fn over_rate_limit(&self, _key: &str) -> bool {
             self.over_rate_limit
+        }
+        fn signal(&self) -> Signal {
+            self.signals.set(self.signals.get() + 1);
+            crate::tokens::local_signal()
         }
         fn deferral(&self) -> Option<&DeferredSettings> {
             self.deferral.as_ref()
@@ -1166,6 +1185,21 @@ mod tests {
         assert_eq!(delivered, budget - 1);
         assert!(handled.iter().filter(|h| h.log.result != Fate::Delivered).all(|h| matches!(h.action, Action::Requeue(_))));
         assert!(t.sent.borrow().iter().filter(|r| r.url.ends_with(":send")).all(|r| r.header("authorization") == Some("Bearer ya29.t")));
+    }
+
+    #[test]
+    fn a_queued_push_uses_the_workers_own_transport_hooks() {
+        let t = Fake { over_rate_limit: true, ..Fake::new(Some(settings())) };
+        let budget = Cell::new(1);
+        let metered = Metered { inner: &t, budget: &budget, retry_after_secs: Cell::new(None) };
+        let _signal = metered.signal();
+        assert_eq!(t.signals.get(), 1, "a waiter on a mint resumes in its own request's context");
+        assert!(block_on(metered.over_rate_limit("k")));
+        assert_eq!(metered.deferral(), Some(&settings()));
+        block_on(metered.defer(&[])).unwrap();
+        assert!(!metered.is_spent());
+        budget.set(0);
+        assert!(metered.is_spent());
     }
 
     #[test]
