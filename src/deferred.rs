@@ -263,6 +263,10 @@ fn tag_fcm_message(body: &mut Vec<u8>, id: &str) {
 /// Hands the devices of a notify that ended transient to the queue. On
 /// success they become `Deferred` (settled for the homeserver); if the queue
 /// refuses, they stay `Transient` and the answer is 502, as without a queue.
+///
+/// Nothing is queued when the answer would be 502 anyway (another device
+/// failed on our side, or could not be queued): the homeserver retries the
+/// whole notify, and each retry would add another copy to the queue.
 pub async fn hand_off<T: Transport>(
     transport: &T,
     deferrable: Vec<(usize, Prepared, Option<Duration>)>,
@@ -271,17 +275,25 @@ pub async fn hand_off<T: Transport>(
     created_ms: u64,
 ) {
     let Some(settings) = transport.deferral() else { return };
+    let handed: Vec<&(usize, Prepared, Option<Duration>)> = deferrable
+        .iter()
+        .filter(|(index, _, _)| reports.get(*index).is_some_and(|r| r.outcome == FinalOutcome::Transient))
+        .collect();
+    let settled = reports.iter().enumerate().all(|(i, r)| {
+        handed.iter().any(|(index, _, _)| *index == i) || matches!(r.outcome, FinalOutcome::Delivered | FinalOutcome::Rejected)
+    });
+    if !settled {
+        return;
+    }
     let mut indices = Vec::new();
     let mut pushes = Vec::new();
-    for (index, prepared, retry_after) in &deferrable {
+    for (index, prepared, retry_after) in handed {
         let (Some(report), Some(device)) = (reports.get(*index), devices.get(*index)) else { continue };
-        if report.outcome != FinalOutcome::Transient {
-            continue;
-        }
         indices.push(*index);
         let push = DeferredPush::new(device, report.provider, prepared, created_ms);
-        // A provider's `Retry-After` holds for the first queued try too.
-        let asked = retry_after.map_or(0, |d| d.as_secs().min(MAX_QUEUE_DELAY_SECS));
+        // A provider's `Retry-After` holds for the first queued try too, in
+        // full: the verdict's is capped for waiting inside the request.
+        let asked = report.retry_after_s.max(retry_after.map(|d| d.as_secs())).unwrap_or(0).min(MAX_QUEUE_DELAY_SECS);
         pushes.push(Enqueue { push, delay_secs: settings.backoff_secs(1, transport.random()).max(asked) });
     }
     if pushes.is_empty() {
@@ -442,6 +454,7 @@ impl<T: Transport> Round<'_, T> {
             token: None,
             ms: 0,
             rate_limited: false,
+            retry_after_s: None,
         };
         let verdict = match (self.app_for(&push), push.prepared()) {
             (Err(verdict), _) => verdict,
@@ -981,6 +994,27 @@ mod tests {
         assert_eq!(answer.0, 502);
         assert_eq!(reports[0].outcome, FinalOutcome::Failed);
         assert!(t.queued.borrow().is_empty(), "retrying later cannot fix our configuration");
+    }
+
+    #[test]
+    fn a_retry_after_beyond_the_request_holds_for_the_first_queued_try() {
+        let t = Fake::new(Some(settings()));
+        t.answer_with("slow", 429, &[("retry-after", "120")]);
+        let (answer, reports) = dispatch(&t, &notification(Some("$e"), &[("ios", "slow")]));
+        assert_eq!((answer.0, reports[0].outcome, reports[0].retry_after_s), (200, FinalOutcome::Deferred, Some(120)));
+        assert_eq!(t.queued.borrow()[0].delay_secs, 120, "the provider's Retry-After, not the 3 s a request waits");
+    }
+
+    #[test]
+    fn nothing_is_queued_when_the_answer_is_502_anyway() {
+        let t = Fake::new(Some(settings()));
+        t.answer("down", &[(503, "")]);
+        t.answer("ours", &[(400, r#"{"reason":"BadTopic"}"#)]);
+        let n = notification(Some("$e"), &[("ios", "good"), ("ios", "down"), ("ios", "ours")]);
+        let (answer, reports) = dispatch(&t, &n);
+        assert_eq!(answer.0, 502, "our own failure: the homeserver retries the notify");
+        assert_eq!(reports[1].outcome, FinalOutcome::Transient);
+        assert!(t.queued.borrow().is_empty(), "each retry of the notify would queue another copy");
     }
 
     #[test]

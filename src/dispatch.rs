@@ -89,6 +89,10 @@ pub struct DeviceReport {
     /// Not sent: over the per-pushkey rate limit (`PUSH_LIMITER`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub rate_limited: bool,
+    /// The last answer's `Retry-After` in seconds, as the provider said it
+    /// (a try inside the request waits at most 3 s; the queue waits it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
 }
 
 impl DeviceReport {
@@ -107,6 +111,7 @@ impl DeviceReport {
             token: None,
             ms: 0,
             rate_limited: false,
+            retry_after_s: None,
         }
     }
 }
@@ -317,9 +322,11 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
                 None => request,
             };
             report.tries += 1;
+            report.retry_after_s = None;
             let verdict = match self.transport.send(&request).await {
                 Ok(response) => {
                     report.status = Some(response.status);
+                    report.retry_after_s = response.retry_after_secs();
                     app.classify(&request, &response, self.transport.now_ms() / 1000)
                 }
                 Err(e) => Verdict::transient(format!("network: {e}")),
@@ -531,6 +538,7 @@ mod tests {
             token: None,
             ms: 0,
             rate_limited: false,
+            retry_after_s: None,
         }
     }
 

@@ -128,6 +128,7 @@ mod tests {
             token: Some(TokenSource::Minted),
             ms: 12,
             rate_limited: false,
+            retry_after_s: None,
         };
         let p = data_point(&report, 502);
         assert_eq!(p.index, "apns");
