@@ -57,17 +57,20 @@ pub struct DeferredSettings {
     /// ask for longer): after an outage, every deferred push is tried again
     /// within this long.
     pub retry_max_secs: u64,
+    /// The name of the dead-letter queue (`DEFERRED_DLQ_NAME`): a batch
+    /// from it is never dead-lettered again, when this worker consumes it.
+    pub dead_letter_queue: String,
 }
 
 impl Default for DeferredSettings {
     fn default() -> Self {
-        Self { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300 }
+        Self { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300, dead_letter_queue: "edgepush-deferred-dead".into() }
     }
 }
 
 impl DeferredSettings {
-    /// Reads `DEFERRED_MAX_AGE_SECS`, `DEFERRED_RETRY_BASE_SECS` and
-    /// `DEFERRED_RETRY_MAX_SECS`; a missing or unusable value keeps its
+    /// Reads `DEFERRED_MAX_AGE_SECS`, `DEFERRED_RETRY_BASE_SECS`,
+    /// `DEFERRED_RETRY_MAX_SECS` and `DEFERRED_DLQ_NAME`; a missing or unusable value keeps its
     /// default and is reported in the warnings.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
         let mut s = Self::default();
@@ -83,6 +86,9 @@ impl DeferredSettings {
         read("DEFERRED_MAX_AGE_SECS", &mut s.max_age_secs, 1, 14 * 86_400);
         read("DEFERRED_RETRY_BASE_SECS", &mut s.retry_base_secs, 1, MAX_QUEUE_DELAY_SECS);
         read("DEFERRED_RETRY_MAX_SECS", &mut s.retry_max_secs, 1, MAX_QUEUE_DELAY_SECS);
+        if let Some(name) = var("DEFERRED_DLQ_NAME").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
+            s.dead_letter_queue = name;
+        }
         if s.retry_max_secs < s.retry_base_secs {
             warnings.push(format!(
                 "DEFERRED_RETRY_MAX_SECS ({}) is below DEFERRED_RETRY_BASE_SECS ({}); using {0} for both",
@@ -111,10 +117,15 @@ pub struct DeferredPush {
     pub app_id: String,
     /// The provider the request was built for (the app is looked up again).
     pub provider: String,
-    /// The device's pushkey (it is inside the request too): what the
-    /// isolate remembers per device is looked up by it (the APNs environment
-    /// of a `platform: "auto"` app). Logs show it shortened.
-    pub pushkey: String,
+    /// The device's pushkey shortened, for logs.
+    #[serde(default)]
+    pub pushkey_short: String,
+    /// APNs only, the whole pushkey (the request's URL carries the device
+    /// token made from it): a `platform: "auto"` app remembers each
+    /// device's environment by it and builds the other environment's URL
+    /// from it. Other providers need only the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushkey: Option<String>,
     /// When the notify arrived (ms since the epoch): the age limit counts from here.
     pub created_ms: u64,
     /// Consumer tries so far.
@@ -143,7 +154,8 @@ impl DeferredPush {
             v: FORMAT_VERSION,
             app_id: device.app_id.clone(),
             provider: provider.to_string(),
-            pushkey: device.pushkey.as_str().to_string(),
+            pushkey_short: device.pushkey.short(),
+            pushkey: (provider == "apns").then(|| device.pushkey.as_str().to_string()),
             created_ms,
             round: 0,
             url: prepared.request.url.clone(),
@@ -156,8 +168,8 @@ impl DeferredPush {
     }
 
     /// The message text put on the queue.
-    pub fn to_text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+    pub fn to_text(&self) -> Result<String, String> {
+        serde_json::to_string(self).map_err(|e| format!("the push could not be written as a queue message: {e}"))
     }
 
     pub fn from_text(text: &str) -> Result<Self, String> {
@@ -181,12 +193,37 @@ impl DeferredPush {
     fn device(&self) -> Device {
         Device {
             app_id: self.app_id.clone(),
-            pushkey: Pushkey(self.pushkey.clone()),
+            pushkey: Pushkey(self.pushkey.clone().unwrap_or_else(|| self.pushkey_short.clone())),
             pushkey_ts: None,
             data: serde_json::Map::new(),
             tweaks: Tweaks::default(),
         }
     }
+}
+
+/// The text of a message given up, for the dead-letter queue: marked with
+/// `given_up` so that a worker consuming its own dead-letter queue drops
+/// it instead of dead-lettering it again. A JSON object gets the field; any
+/// other text is wrapped as `{"given_up": why, "text": text}`.
+pub fn mark_given_up(text: &str, why: &str) -> String {
+    let why = Value::String(why.to_string());
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut object)) => {
+            object.insert("given_up".into(), why);
+            Value::Object(object).to_string()
+        }
+        _ => serde_json::json!({ "given_up": why, "text": text }).to_string(),
+    }
+}
+
+/// Why a message was given up, if it says so: any JSON object with a
+/// string `given_up`, whatever else it holds.
+fn given_up(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Marked {
+        given_up: String,
+    }
+    serde_json::from_str::<Marked>(text).ok().map(|m| m.given_up)
 }
 
 /// A push to put on the queue, delivered after `delay_secs`.
@@ -341,7 +378,7 @@ pub enum Action {
     /// Acknowledge it.
     Ack,
     /// Put this copy on the queue, then acknowledge the old one.
-    Requeue(Enqueue),
+    Requeue(Box<Enqueue>),
     /// Put this text on the dead-letter queue (if bound), then acknowledge.
     DeadLetter(String),
 }
@@ -388,7 +425,9 @@ pub struct Handled {
 }
 
 /// Tries every message of a batch once, concurrently, and says for each
-/// what to do with it. `messages` are the texts as read from the queue.
+/// what to do with it. `messages` are the texts as read from the queue;
+/// `from_dead_letter`: the batch came from the dead-letter queue, whose
+/// messages are never dead-lettered again (dropped instead).
 pub async fn consume<T: Transport>(
     transport: &T,
     apps: &Apps,
@@ -396,13 +435,24 @@ pub async fn consume<T: Transport>(
     deferred: &DeferredSettings,
     tokens: &TokenCache,
     messages: &[Option<String>],
+    from_dead_letter: bool,
 ) -> Vec<Handled> {
     // One try per round: the queue's delay is the backoff. The batch shares
     // one subrequest budget, as a notify does.
     let one_try = Settings { max_tries: 1, max_subrequests: u32::MAX, ..settings.clone() };
     let budget = Cell::new(settings.max_subrequests);
     let round = Round { transport, apps, settings: &one_try, deferred, tokens, budget: &budget };
-    join_all(messages.iter().map(|text| round.handle(text.as_deref()))).await
+    let mut handled = join_all(messages.iter().map(|text| round.handle(text.as_deref()))).await;
+    if from_dead_letter {
+        for h in &mut handled {
+            if matches!(h.action, Action::DeadLetter(_)) {
+                h.action = Action::Ack;
+                h.log.dead_letter = Some(false);
+                h.log.reason = format!("{}; it came from the dead-letter queue: dropped", h.log.reason);
+            }
+        }
+    }
+    handled
 }
 
 struct Round<'a, T: Transport> {
@@ -417,29 +467,31 @@ struct Round<'a, T: Transport> {
 impl<T: Transport> Round<'_, T> {
     async fn handle(&self, text: Option<&str>) -> Handled {
         let started = self.transport.now_ms();
-        let parsed = match text {
-            Some(text) => DeferredPush::from_text(text).map_err(|e| (text.to_string(), e)),
-            None => Err((String::new(), "the message body is not text".to_string())),
+        let Some(text) = text else {
+            let reason = "the message body is not text".to_string();
+            let action = Action::DeadLetter(mark_given_up("", &reason));
+            return Handled { action, log: self.log(Fate::Unreadable, None, reason, started) };
         };
-        let mut push = match parsed {
+        if let Some(why) = given_up(text) {
+            // Given up already, maybe unreadable: only the mark is read.
+            let push = DeferredPush::from_text(text).ok();
+            let log = self.log(Fate::GivenUp, push.as_ref(), why, started);
+            return Handled { action: Action::Ack, log };
+        }
+        let mut push = match DeferredPush::from_text(text) {
             Ok(push) => push,
-            Err((text, reason)) => {
-                let log = self.log(Fate::Unreadable, None, reason, started);
-                return Handled { action: Action::DeadLetter(text), log };
+            Err(reason) => {
+                let action = Action::DeadLetter(mark_given_up(text, &reason));
+                return Handled { action, log: self.log(Fate::Unreadable, None, reason, started) };
             }
         };
         let age_s = started.saturating_sub(push.created_ms) / 1000;
         push.round = push.round.saturating_add(1);
         let mut log = self.log(Fate::Retrying, Some(&push), String::new(), started);
         log.age_s = age_s;
-        if let Some(why) = &push.given_up {
-            log.result = Fate::GivenUp;
-            log.reason = why.clone();
-            return Handled { action: Action::Ack, log };
-        }
         let deadline_ms = push.created_ms.saturating_add(self.deferred.max_age_secs.saturating_mul(1000));
         if started >= deadline_ms {
-            return self.give_up(push, log, format!("older than DEFERRED_MAX_AGE_SECS ({} s)", self.deferred.max_age_secs));
+            return self.give_up(push, text, log, format!("older than DEFERRED_MAX_AGE_SECS ({} s)", self.deferred.max_age_secs));
         }
 
         let metered = Metered { inner: self.transport, budget: self.budget, retry_after_secs: Cell::new(None) };
@@ -460,8 +512,9 @@ impl<T: Transport> Round<'_, T> {
             (Err(verdict), _) => verdict,
             (Ok(_), Err(reason)) => {
                 log.result = Fate::Unreadable;
+                let action = Action::DeadLetter(mark_given_up(text, &reason));
                 log.reason = reason;
-                return Handled { action: Action::DeadLetter(push.to_text()), log };
+                return Handled { action, log };
             }
             (Ok((entry, app)), Ok(prepared)) => 'sent: {
                 if let App::UnifiedPush(up) = app {
@@ -512,11 +565,11 @@ impl<T: Transport> Round<'_, T> {
                     } else {
                         format!("{}; DEFERRED_MAX_AGE_SECS ({} s) reached", log.reason, self.deferred.max_age_secs)
                     };
-                    return self.give_up(push, log, why);
+                    return self.give_up(push, text, log, why);
                 }
                 let delay_secs = backoff.max(asked).min(latest);
                 log.next_in_s = Some(delay_secs);
-                Handled { action: Action::Requeue(Enqueue { push, delay_secs }), log }
+                Handled { action: Action::Requeue(Box::new(Enqueue { push, delay_secs })), log }
             }
         }
     }
@@ -542,11 +595,14 @@ impl<T: Transport> Round<'_, T> {
         Ok((entry, app))
     }
 
-    fn give_up(&self, mut push: DeferredPush, mut log: ConsumerLog, why: String) -> Handled {
+    /// Expired: the push as last tried, marked, for the dead-letter queue
+    /// (the text as read, marked, if the push cannot be written).
+    fn give_up(&self, mut push: DeferredPush, text: &str, mut log: ConsumerLog, why: String) -> Handled {
         log.result = Fate::Expired;
         log.reason.clone_from(&why);
-        push.given_up = Some(why);
-        Handled { action: Action::DeadLetter(push.to_text()), log }
+        push.given_up = Some(why.clone());
+        let letter = push.to_text().unwrap_or_else(|_| mark_given_up(text, &why));
+        Handled { action: Action::DeadLetter(letter), log }
     }
 
     fn log(&self, result: Fate, push: Option<&DeferredPush>, reason: String, started: u64) -> ConsumerLog {
@@ -554,7 +610,7 @@ impl<T: Transport> Round<'_, T> {
             msg: "deferred",
             result,
             app_id: push.map(|p| p.app_id.clone()).unwrap_or_default(),
-            pushkey: push.map(|p| Pushkey(p.pushkey.clone()).short()).unwrap_or_default(),
+            pushkey: push.map(|p| p.pushkey_short.clone()).unwrap_or_default(),
             provider: push.map(|p| p.provider.clone()).unwrap_or_else(|| "none".into()),
             round: push.map_or(0, |p| p.round),
             age_s: 0,
@@ -807,7 +863,7 @@ mod tests {
     type Reply_ = (u16, Value);
 
     fn settings() -> DeferredSettings {
-        DeferredSettings { max_age_secs: 600, retry_base_secs: 10, retry_max_secs: 60 }
+        DeferredSettings { max_age_secs: 600, retry_base_secs: 10, retry_max_secs: 60, ..DeferredSettings::default() }
     }
 
     fn find<'a>(apps: &'a Apps, id: &str) -> &'a App {
@@ -839,11 +895,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {
-        let s = DeferredSettings { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300 };
+        let s = DeferredSettings { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300, ..DeferredSettings::default() };
         assert_eq!([1, 2, 3, 4, 5, 6, 7, 40].map(|r| s.backoff_secs(r, 1.0)), [10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(s.backoff_secs(1, 0.0), 5, "half the pause is jitter");
         assert_eq!(s.backoff_secs(6, 0.5), 225);
-        let one = DeferredSettings { max_age_secs: 10, retry_base_secs: 1, retry_max_secs: 1 };
+        let one = DeferredSettings { max_age_secs: 10, retry_base_secs: 1, retry_max_secs: 1, ..DeferredSettings::default() };
         assert_eq!([0.0, 0.5, 1.0].map(|r| one.backoff_secs(3, r)), [1, 1, 1], "never under a second");
     }
 
@@ -936,7 +992,7 @@ mod tests {
         request.set_header("apns-topic", "com.example".into());
         let prepared = Prepared { request, token_key: Some("apns:TEAM:KEY:x".into()) };
         let push = DeferredPush::new(&device, "apns", &prepared, NOW_MS);
-        let text = push.to_text();
+        let text = push.to_text().unwrap();
         assert!(!text.contains("SECRET") && !text.contains("authorization"), "{text}");
         let back = DeferredPush::from_text(&text).unwrap();
         assert_eq!(back, push);
@@ -967,7 +1023,8 @@ mod tests {
         let Enqueue { push, delay_secs } = &queued[0];
         assert_eq!(*delay_secs, settings().backoff_secs(1, 0.5));
         assert_eq!((push.app_id.as_str(), push.provider.as_str(), push.round, push.created_ms), ("ios", "apns", 0, NOW_MS));
-        assert_eq!(push.pushkey, "down", "the whole pushkey: per-device memory is keyed by it");
+        assert_eq!(push.pushkey.as_deref(), Some("down"), "APNs: an auto app's per-device memory is keyed by it");
+        assert_eq!(push.pushkey_short, "do…");
         assert!(push.url.ends_with("/3/device/down"));
         assert!(push.token_key.as_deref().unwrap().starts_with("apns:TEAM:KEY:"));
         assert!(!push.headers.iter().any(|(k, _)| k == "authorization"));
@@ -1073,8 +1130,8 @@ mod tests {
 
     fn consume_at(t: &Fake, pushes: &[DeferredPush], deferred: &DeferredSettings) -> Vec<Handled> {
         let (apps, settings, tokens) = (apps(), Settings::default(), TokenCache::default());
-        let texts: Vec<Option<String>> = pushes.iter().map(|p| Some(p.to_text())).collect();
-        block_on(consume(t, &apps, &settings, deferred, &tokens, &texts))
+        let texts: Vec<Option<String>> = pushes.iter().map(|p| Some(p.to_text().unwrap())).collect();
+        block_on(consume(t, &apps, &settings, deferred, &tokens, &texts, false))
     }
 
     #[test]
@@ -1173,9 +1230,9 @@ mod tests {
         let pushes = queued(&[("ios", "k"), ("android", "f")]);
         let t = Fake::new(Some(settings()));
         let no_apps = Apps::load(None, &|_: &str| None);
-        let texts: Vec<Option<String>> = pushes.iter().map(|p| Some(p.to_text())).collect();
+        let texts: Vec<Option<String>> = pushes.iter().map(|p| Some(p.to_text().unwrap())).collect();
         let (settings_, tokens) = (Settings::default(), TokenCache::default());
-        let handled = block_on(consume(&t, &no_apps, &settings_, &settings(), &tokens, &texts));
+        let handled = block_on(consume(&t, &no_apps, &settings_, &settings(), &tokens, &texts, false));
         for h in &handled {
             assert!(matches!(h.action, Action::Requeue(_)), "{:?}", h.action);
             assert!(h.log.reason.contains("APPS is broken"), "{}", h.log.reason);
@@ -1189,18 +1246,65 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_messages_go_to_the_dead_letter_queue() {
+    fn unreadable_messages_go_to_the_dead_letter_queue_marked() {
         let t = Fake::new(Some(settings()));
         let (apps, settings_, tokens) = (apps(), Settings::default(), TokenCache::default());
-        let texts = [Some("not json".to_string()), None];
-        let handled = block_on(consume(&t, &apps, &settings_, &settings(), &tokens, &texts));
-        assert_eq!(handled[0].action, Action::DeadLetter("not json".into()));
-        assert_eq!(handled[0].log.result, Fate::Unreadable);
-        assert!(handled[1].log.is_error());
+        let mut newer: Value = serde_json::from_str(&queued(&[("ios", "k")])[0].to_text().unwrap()).unwrap();
+        newer["v"] = json!(2);
         let mut broken = queued(&[("ios", "k")]).remove(0);
         broken.body = "%%%".into();
-        let handled = consume_at(&t, &[broken], &settings());
-        assert_eq!(handled[0].log.result, Fate::Unreadable);
+        let texts = [Some("not json".to_string()), None, Some(newer.to_string()), Some(broken.to_text().unwrap())];
+        let handled = block_on(consume(&t, &apps, &settings_, &settings(), &tokens, &texts, false));
+        assert!(handled.iter().all(|h| h.log.result == Fate::Unreadable && h.log.is_error()), "{handled:?}");
+        let letters: Vec<String> = handled
+            .iter()
+            .map(|h| match &h.action {
+                Action::DeadLetter(text) => text.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let wrapped: Value = serde_json::from_str(&letters[0]).unwrap();
+        assert_eq!(wrapped["text"], "not json", "kept as it came");
+        assert!(wrapped["given_up"].as_str().unwrap().contains("not a deferred push"));
+        let marked: Value = serde_json::from_str(&letters[2]).unwrap();
+        assert_eq!((marked["v"].clone(), marked["app_id"].clone()), (json!(2), json!("ios")), "another version's push, whole");
+        assert!(marked["given_up"].as_str().unwrap().contains("version 2"));
+
+        // Read again (this worker consumes its dead-letter queue too): dropped.
+        let again: Vec<Option<String>> = letters.into_iter().map(Some).collect();
+        let handled = block_on(consume(&t, &apps, &settings_, &settings(), &tokens, &again, false));
+        for h in &handled {
+            assert_eq!((h.action.clone(), h.log.result), (Action::Ack, Fate::GivenUp), "{:?}", h.log);
+        }
+        assert!(t.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_message_from_the_dead_letter_queue_is_never_dead_lettered_again() {
+        let t = Fake::new(Some(settings()));
+        let (apps, settings_, tokens) = (apps(), Settings::default(), TokenCache::default());
+        // Put there by Queues (a handler that failed), unmarked.
+        let late = queued(&[("ios", "k")]).remove(0);
+        t.clock_ms.set(NOW_MS + 600_000);
+        let texts = [Some("not json".to_string()), Some(late.to_text().unwrap())];
+        let handled = block_on(consume(&t, &apps, &settings_, &settings(), &tokens, &texts, true));
+        for h in &handled {
+            assert_eq!(h.action, Action::Ack, "{:?}", h.log);
+            assert_eq!(h.log.dead_letter, Some(false));
+            assert!(h.log.reason.contains("dead-letter queue"), "{}", h.log.reason);
+        }
+        assert_eq!((handled[0].log.result, handled[1].log.result), (Fate::Unreadable, Fate::Expired));
+    }
+
+    #[test]
+    fn only_an_apns_push_carries_the_whole_pushkey() {
+        let pushes = queued(&[("android", "fcm-token-secret"), ("up", "https://up.example.net/k")]);
+        for push in &pushes {
+            assert_eq!(push.pushkey, None, "{}", push.provider);
+            let text = push.to_text().unwrap();
+            assert!(!text.contains("\"pushkey\""), "{text}");
+        }
+        assert_eq!(pushes[0].pushkey_short, "fcm-to…");
     }
 
     #[test]

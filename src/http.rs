@@ -62,7 +62,8 @@ impl<'a> WorkerTransport<'a> {
         self
     }
 
-    fn queue(&self) -> Option<&Queue> {
+    /// `DEFERRED_QUEUE`, if bound.
+    pub fn queue(&self) -> Option<&Queue> {
         self.queue.get_or_init(|| self.env.queue(DEFERRED_QUEUE).ok()).as_ref()
     }
 
@@ -83,18 +84,22 @@ impl<'a> WorkerTransport<'a> {
 }
 
 /// Sends message texts to a queue, each after its delay, in as few
-/// `sendBatch` calls as the limits allow.
-pub async fn send_texts(queue: &Queue, messages: &[(String, u64)]) -> Result<(), String> {
+/// `sendBatch` calls as the limits allow, in order. On a refusal, the error
+/// says how many of the first messages were sent before it.
+pub async fn send_texts(queue: &Queue, messages: &[(String, u64)]) -> Result<(), (usize, String)> {
     let sizes: Vec<usize> = messages.iter().map(|(text, _)| text.len()).collect();
+    let mut sent = 0;
     for run in deferred::batches(&sizes, MAX_BATCH_BYTES) {
         let Some(chunk) = messages.get(run) else { continue };
+        let count = chunk.len();
         let batch = chunk.iter().map(|(text, delay)| {
             MessageBuilder::new(text.clone())
                 .content_type(QueueContentType::Text)
                 .delay_seconds(u32::try_from(*delay).unwrap_or(u32::MAX))
                 .build()
         });
-        queue.send_batch(batch).await.map_err(|e| e.to_string())?;
+        queue.send_batch(batch).await.map_err(|e| (sent, e.to_string()))?;
+        sent += count;
     }
     Ok(())
 }
@@ -224,8 +229,14 @@ impl Transport for WorkerTransport<'_> {
 
     async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
         let queue = self.queue().ok_or_else(|| format!("{DEFERRED_QUEUE} is not bound"))?;
-        let messages: Vec<(String, u64)> = pushes.iter().map(|p| (p.push.to_text(), p.delay_secs)).collect();
-        send_texts(queue, &messages).await
+        let messages = pushes.iter().map(|p| Ok((p.push.to_text()?, p.delay_secs))).collect::<Result<Vec<_>, String>>()?;
+        // Some sent and some not is still a failure: the notify is answered
+        // 502, and the copies already queued carry the push's identity, so
+        // the homeserver's retry shows it once.
+        send_texts(queue, &messages).await.map_err(|(sent, e)| match sent {
+            0 => e,
+            _ => format!("{e} (after {sent} of {} were queued)", messages.len()),
+        })
     }
 
     async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64) {

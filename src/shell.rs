@@ -165,35 +165,70 @@ async fn queue(batch: MessageBatch<JsValue>, env: Env, _ctx: Context) -> Result<
             body.as_string().or_else(|| js_sys::JSON::stringify(&body).ok().and_then(|s| s.as_string()))
         })
         .collect();
-    let mut handled = deferred::consume(&transport, &state.apps, &state.settings, &state.deferred, &state.tokens, &texts).await;
+    // Never dead-lettered again: a worker consuming its own dead-letter queue would loop.
+    let from_dead_letter = batch.queue() == state.deferred.dead_letter_queue;
+    let mut handled =
+        deferred::consume(&transport, &state.apps, &state.settings, &state.deferred, &state.tokens, &texts, from_dead_letter).await;
 
-    let requeue: Vec<_> =
-        handled.iter().filter_map(|h| if let Action::Requeue(e) = &h.action { Some(e.clone()) } else { None }).collect();
-    let requeued = if requeue.is_empty() { Ok(()) } else { transport.defer(&requeue).await };
-    let dead: Vec<(String, u64)> =
-        handled.iter().filter_map(|h| if let Action::DeadLetter(t) = &h.action { Some((t.clone(), 0)) } else { None }).collect();
-    let dead_lettered = match env.queue(DEFERRED_DLQ) {
-        _ if dead.is_empty() => Ok(true),
-        Ok(dlq) => http::send_texts(&dlq, &dead).await.map(|()| true),
-        Err(_) => Ok(false),
-    };
-    for error in [requeued.as_ref().err(), dead_lettered.as_ref().err()].into_iter().flatten() {
+    // Each message is acknowledged only once its copy is on the queue it
+    // goes to; the others stay with Queues, which delivers them again.
+    let mut placed = vec![false; handled.len()];
+    let (mut requeue, mut dead) = (Vec::new(), Vec::new());
+    let mut errors = Vec::new();
+    for (i, h) in handled.iter().enumerate() {
+        match &h.action {
+            Action::Requeue(e) => match e.push.to_text() {
+                Ok(text) => requeue.push((i, (text, e.delay_secs))),
+                Err(error) => errors.push(error),
+            },
+            Action::DeadLetter(text) => dead.push((i, (text.clone(), 0))),
+            Action::Ack => {}
+        }
+    }
+    if !requeue.is_empty() {
+        let sent = match transport.queue() {
+            Some(queue) => send(queue, &requeue, &mut errors).await,
+            None => {
+                errors.push(format!("{} is not bound", http::DEFERRED_QUEUE));
+                0
+            }
+        };
+        for (i, _) in requeue.iter().take(sent) {
+            if let Some(p) = placed.get_mut(*i) {
+                *p = true;
+            }
+        }
+    }
+    let dlq = env.queue(DEFERRED_DLQ).ok();
+    if !dead.is_empty() {
+        // Without a dead-letter queue, a message given up is dropped.
+        let sent = match &dlq {
+            Some(queue) => send(queue, &dead, &mut errors).await,
+            None => dead.len(),
+        };
+        for (i, _) in dead.iter().take(sent) {
+            if let Some(p) = placed.get_mut(*i) {
+                *p = true;
+            }
+        }
+    }
+    for error in errors {
         let error: String = error.chars().take(300).collect();
         console_error!("{}", serde_json::json!({ "msg": "deferred queue send failed", "error": error }));
     }
 
-    for (message, h) in messages.iter().zip(handled.iter_mut()) {
-        match (&h.action, &requeued, &dead_lettered) {
+    for ((message, h), placed) in messages.iter().zip(handled.iter_mut()).zip(placed) {
+        match &h.action {
             // The copy is not on the queue: Queues keeps this one instead.
-            (Action::Requeue(e), Err(_), _) => {
+            Action::Requeue(e) if !placed => {
                 let delay = u32::try_from(e.delay_secs).unwrap_or(u32::MAX);
                 message.retry_with_options(&QueueRetryOptionsBuilder::new().with_delay_seconds(delay).build());
             }
-            (Action::DeadLetter(_), _, Err(_)) => message.retry(),
+            Action::DeadLetter(_) if !placed => message.retry(),
             _ => message.ack(),
         }
         if matches!(h.action, Action::DeadLetter(_)) {
-            h.log.dead_letter = Some(matches!(dead_lettered, Ok(true)));
+            h.log.dead_letter = Some(placed && dlq.is_some());
         }
         let line = serde_json::to_string(&h.log).unwrap_or_default();
         match h.log.result {
@@ -204,6 +239,19 @@ async fn queue(batch: MessageBatch<JsValue>, env: Env, _ctx: Context) -> Result<
     }
     write_metrics(&env, handled.iter().map(|h| crate::metrics::deferred_point(&h.log)));
     Ok(())
+}
+
+/// Sends `(message index, (text, delay))` in order; how many of the first
+/// were sent. An error is kept for the log.
+async fn send(queue: &worker::Queue, messages: &[(usize, (String, u64))], errors: &mut Vec<String>) -> usize {
+    let texts: Vec<(String, u64)> = messages.iter().map(|(_, m)| m.clone()).collect();
+    match http::send_texts(queue, &texts).await {
+        Ok(()) => texts.len(),
+        Err((sent, error)) => {
+            errors.push(error);
+            sent
+        }
+    }
 }
 
 /// The optional dead-letter queue of pushes given up.
