@@ -75,6 +75,74 @@ impl Settings {
     }
 }
 
+/// The longest `delaySeconds` asked of Queues (its limit is 12 hours or more).
+pub const MAX_QUEUE_DELAY_SECS: u64 = 12 * 3600;
+
+/// The knobs of deferred delivery, all optional `[vars]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredSettings {
+    /// A deferred push is not sent once this old (counted from the notify),
+    /// as the homeserver gives up on its own retries after a day.
+    pub max_age_secs: u64,
+    /// The first consumer try comes this long after the notify; each later
+    /// pause doubles, with jitter.
+    pub retry_base_secs: u64,
+    /// The longest pause between two tries (a provider's `Retry-After` may
+    /// ask for longer): after an outage, every deferred push is tried again
+    /// within this long.
+    pub retry_max_secs: u64,
+    /// The name of the dead-letter queue (`DEFERRED_DLQ_NAME`): a batch
+    /// from it is never dead-lettered again, when this worker consumes it.
+    pub dead_letter_queue: String,
+}
+
+impl Default for DeferredSettings {
+    fn default() -> Self {
+        Self { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300, dead_letter_queue: "edgepush-deferred-dead".into() }
+    }
+}
+
+impl DeferredSettings {
+    /// Reads `DEFERRED_MAX_AGE_SECS`, `DEFERRED_RETRY_BASE_SECS`,
+    /// `DEFERRED_RETRY_MAX_SECS` and `DEFERRED_DLQ_NAME`; a missing or unusable value keeps its
+    /// default and is reported in the warnings.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
+        let mut s = Self::default();
+        let mut warnings = Vec::new();
+        let mut read = |name: &str, slot: &mut u64, min: u64, max: u64| {
+            if let Some(raw) = var(name) {
+                match raw.trim().parse::<u64>() {
+                    Ok(v) if (min..=max).contains(&v) => *slot = v,
+                    _ => warnings.push(format!("{name}={raw:?} is not an integer from {min} to {max}; using {slot}")),
+                }
+            }
+        };
+        read("DEFERRED_MAX_AGE_SECS", &mut s.max_age_secs, 1, 14 * 86_400);
+        read("DEFERRED_RETRY_BASE_SECS", &mut s.retry_base_secs, 1, MAX_QUEUE_DELAY_SECS);
+        read("DEFERRED_RETRY_MAX_SECS", &mut s.retry_max_secs, 1, MAX_QUEUE_DELAY_SECS);
+        if let Some(name) = var("DEFERRED_DLQ_NAME").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
+            s.dead_letter_queue = name;
+        }
+        if s.retry_max_secs < s.retry_base_secs {
+            warnings.push(format!(
+                "DEFERRED_RETRY_MAX_SECS ({}) is below DEFERRED_RETRY_BASE_SECS ({}); using {0} for both",
+                s.retry_max_secs, s.retry_base_secs
+            ));
+            s.retry_base_secs = s.retry_max_secs;
+        }
+        (s, warnings)
+    }
+
+    /// The pause before consumer try `round` (1 for the first): the base
+    /// doubled per round, capped, its upper half jittered; whole seconds, at
+    /// least one.
+    pub fn backoff_secs(&self, round: u32, random: f64) -> u64 {
+        let exp = self.retry_base_secs.saturating_mul(1u64 << round.saturating_sub(1).min(30)).min(self.retry_max_secs);
+        let half = exp as f64 / 2.0;
+        ((half + half * random.clamp(0.0, 1.0)).ceil() as u64).clamp(1, exp.max(1))
+    }
+}
+
 /// `url`: an origin (`scheme://host[:port]`) that replaces a provider's real
 /// one; the provider's path is appended to it. Read as the operator wrote it
 /// ([`crate::origin::operator_origin`]).
@@ -704,5 +772,35 @@ mod tests {
         for (id, v) in apps.as_object().unwrap() {
             AppConfig::parse(v).unwrap_or_else(|e| panic!("{id}: {e}"));
         }
+    }
+
+    #[test]
+    fn deferred_settings_defaults_overrides_and_warnings() {
+        let (s, w) = DeferredSettings::from_vars(|_| None);
+        assert_eq!(s, DeferredSettings::default());
+        assert_eq!((s.max_age_secs, s.retry_base_secs, s.retry_max_secs), (86_400, 10, 300));
+        assert!(w.is_empty());
+        let (s, w) = DeferredSettings::from_vars(|k| match k {
+            "DEFERRED_MAX_AGE_SECS" => Some("30".into()),
+            "DEFERRED_RETRY_BASE_SECS" => Some("0".into()),
+            "DEFERRED_RETRY_MAX_SECS" => Some("5".into()),
+            _ => None,
+        });
+        assert_eq!((s.max_age_secs, s.retry_base_secs, s.retry_max_secs), (30, 5, 5));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("DEFERRED_RETRY_BASE_SECS") && w[1].contains("below"), "{w:?}");
+        let (s, w) = DeferredSettings::from_vars(|k| (k == "DEFERRED_MAX_AGE_SECS").then(|| "99999999".into()));
+        assert_eq!(s.max_age_secs, 86_400);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn deferred_backoff_doubles_with_jitter_and_is_capped() {
+        let s = DeferredSettings { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300, ..DeferredSettings::default() };
+        assert_eq!([1, 2, 3, 4, 5, 6, 7, 40].map(|r| s.backoff_secs(r, 1.0)), [10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(s.backoff_secs(1, 0.0), 5, "half the pause is jitter");
+        assert_eq!(s.backoff_secs(6, 0.5), 225);
+        let one = DeferredSettings { max_age_secs: 10, retry_base_secs: 1, retry_max_secs: 1, ..DeferredSettings::default() };
+        assert_eq!([0.0, 0.5, 1.0].map(|r| one.backoff_secs(3, r)), [1, 1, 1], "never under a second");
     }
 }

@@ -26,88 +26,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{AppEntry, Apps, Lookup, Settings};
-use crate::dispatch::{DeviceReport, Dispatcher, FinalOutcome, Transport};
+use crate::config::{AppEntry, Apps, DeferredSettings, Lookup, Settings, MAX_QUEUE_DELAY_SECS};
+use crate::dispatch::{DeviceReport, Dispatcher, FinalOutcome};
 use crate::notify::{Device, Notification, Pushkey, Tweaks};
 use crate::providers::jwt::JwtToSign;
 use crate::providers::{AnswerBody, App, OutRequest, Outcome, Prepared, ProviderResponse, Verdict};
-use crate::tokens::{Signal, TokenCache, TokenSource};
+use crate::tokens::{TokenCache, TokenSource};
+use crate::transport::{Signal, Transport};
 
 /// The version of the message format; a message of another version is not
 /// sent (it is dead-lettered as unreadable).
 pub const FORMAT_VERSION: u32 = 1;
 
-/// The longest `delaySeconds` asked of Queues (its limit is 12 hours or more).
-pub const MAX_QUEUE_DELAY_SECS: u64 = 12 * 3600;
-
 /// Characters of a push's identity: 16 bytes of SHA-256 in base64url, within
 /// WebPush's 32-character `Topic` and APNs' 64-byte `apns-collapse-id`.
 const IDENTITY_LEN: usize = 22;
-
-/// The knobs of deferred delivery, all optional `[vars]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeferredSettings {
-    /// A deferred push is not sent once this old (counted from the notify),
-    /// as the homeserver gives up on its own retries after a day.
-    pub max_age_secs: u64,
-    /// The first consumer try comes this long after the notify; each later
-    /// pause doubles, with jitter.
-    pub retry_base_secs: u64,
-    /// The longest pause between two tries (a provider's `Retry-After` may
-    /// ask for longer): after an outage, every deferred push is tried again
-    /// within this long.
-    pub retry_max_secs: u64,
-    /// The name of the dead-letter queue (`DEFERRED_DLQ_NAME`): a batch
-    /// from it is never dead-lettered again, when this worker consumes it.
-    pub dead_letter_queue: String,
-}
-
-impl Default for DeferredSettings {
-    fn default() -> Self {
-        Self { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300, dead_letter_queue: "edgepush-deferred-dead".into() }
-    }
-}
-
-impl DeferredSettings {
-    /// Reads `DEFERRED_MAX_AGE_SECS`, `DEFERRED_RETRY_BASE_SECS`,
-    /// `DEFERRED_RETRY_MAX_SECS` and `DEFERRED_DLQ_NAME`; a missing or unusable value keeps its
-    /// default and is reported in the warnings.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Self, Vec<String>) {
-        let mut s = Self::default();
-        let mut warnings = Vec::new();
-        let mut read = |name: &str, slot: &mut u64, min: u64, max: u64| {
-            if let Some(raw) = var(name) {
-                match raw.trim().parse::<u64>() {
-                    Ok(v) if (min..=max).contains(&v) => *slot = v,
-                    _ => warnings.push(format!("{name}={raw:?} is not an integer from {min} to {max}; using {slot}")),
-                }
-            }
-        };
-        read("DEFERRED_MAX_AGE_SECS", &mut s.max_age_secs, 1, 14 * 86_400);
-        read("DEFERRED_RETRY_BASE_SECS", &mut s.retry_base_secs, 1, MAX_QUEUE_DELAY_SECS);
-        read("DEFERRED_RETRY_MAX_SECS", &mut s.retry_max_secs, 1, MAX_QUEUE_DELAY_SECS);
-        if let Some(name) = var("DEFERRED_DLQ_NAME").map(|n| n.trim().to_string()).filter(|n| !n.is_empty()) {
-            s.dead_letter_queue = name;
-        }
-        if s.retry_max_secs < s.retry_base_secs {
-            warnings.push(format!(
-                "DEFERRED_RETRY_MAX_SECS ({}) is below DEFERRED_RETRY_BASE_SECS ({}); using {0} for both",
-                s.retry_max_secs, s.retry_base_secs
-            ));
-            s.retry_base_secs = s.retry_max_secs;
-        }
-        (s, warnings)
-    }
-
-    /// The pause before consumer try `round` (1 for the first): the base
-    /// doubled per round, capped, its upper half jittered; whole seconds, at
-    /// least one.
-    pub fn backoff_secs(&self, round: u32, random: f64) -> u64 {
-        let exp = self.retry_base_secs.saturating_mul(1u64 << round.saturating_sub(1).min(30)).min(self.retry_max_secs);
-        let half = exp as f64 / 2.0;
-        ((half + half * random.clamp(0.0, 1.0)).ceil() as u64).clamp(1, exp.max(1))
-    }
-}
 
 /// A push waiting on the queue: what is needed to send it again, and no
 /// credential.
@@ -336,7 +269,12 @@ pub async fn hand_off<T: Transport>(
     if pushes.is_empty() {
         return;
     }
-    let result = transport.defer(&pushes).await;
+    // A push that cannot be written fails the hand-off, as a refused enqueue does.
+    let messages: Result<Vec<(String, u64)>, String> = pushes.iter().map(|p| Ok((p.push.to_text()?, p.delay_secs))).collect();
+    let result = match messages {
+        Ok(messages) => transport.defer(&messages).await,
+        Err(e) => Err(e),
+    };
     for index in indices {
         let Some(report) = reports.get_mut(index) else { continue };
         match &result {
@@ -674,8 +612,8 @@ impl<T: Transport> Transport for Metered<'_, T> {
     fn deferral(&self) -> Option<&DeferredSettings> {
         self.inner.deferral()
     }
-    async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
-        self.inner.defer(pushes).await
+    async fn defer(&self, messages: &[(String, u64)]) -> Result<(), String> {
+        self.inner.defer(messages).await
     }
     fn is_spent(&self) -> bool {
         self.budget.get() == 0 || self.inner.is_spent()
@@ -792,16 +730,17 @@ mod tests {
         }
         fn signal(&self) -> Signal {
             self.signals.set(self.signals.get() + 1);
-            crate::tokens::local_signal()
+            crate::transport::local_signal()
         }
         fn deferral(&self) -> Option<&DeferredSettings> {
             self.deferral.as_ref()
         }
-        async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
+        async fn defer(&self, messages: &[(String, u64)]) -> Result<(), String> {
             if self.queue_refuses {
                 return Err("queue is full".into());
             }
-            self.queued.borrow_mut().extend_from_slice(pushes);
+            let pushes = messages.iter().map(|(text, delay_secs)| Enqueue { push: DeferredPush::from_text(text).unwrap(), delay_secs: *delay_secs });
+            self.queued.borrow_mut().extend(pushes);
             Ok(())
         }
     }
@@ -871,36 +810,6 @@ mod tests {
             Lookup::Found { app, .. } => app,
             _ => panic!("no app {id}"),
         }
-    }
-
-    #[test]
-    fn settings_defaults_overrides_and_warnings() {
-        let (s, w) = DeferredSettings::from_vars(|_| None);
-        assert_eq!(s, DeferredSettings::default());
-        assert_eq!((s.max_age_secs, s.retry_base_secs, s.retry_max_secs), (86_400, 10, 300));
-        assert!(w.is_empty());
-        let (s, w) = DeferredSettings::from_vars(|k| match k {
-            "DEFERRED_MAX_AGE_SECS" => Some("30".into()),
-            "DEFERRED_RETRY_BASE_SECS" => Some("0".into()),
-            "DEFERRED_RETRY_MAX_SECS" => Some("5".into()),
-            _ => None,
-        });
-        assert_eq!((s.max_age_secs, s.retry_base_secs, s.retry_max_secs), (30, 5, 5));
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("DEFERRED_RETRY_BASE_SECS") && w[1].contains("below"), "{w:?}");
-        let (s, w) = DeferredSettings::from_vars(|k| (k == "DEFERRED_MAX_AGE_SECS").then(|| "99999999".into()));
-        assert_eq!(s.max_age_secs, 86_400);
-        assert_eq!(w.len(), 1);
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_is_capped() {
-        let s = DeferredSettings { max_age_secs: 86_400, retry_base_secs: 10, retry_max_secs: 300, ..DeferredSettings::default() };
-        assert_eq!([1, 2, 3, 4, 5, 6, 7, 40].map(|r| s.backoff_secs(r, 1.0)), [10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(s.backoff_secs(1, 0.0), 5, "half the pause is jitter");
-        assert_eq!(s.backoff_secs(6, 0.5), 225);
-        let one = DeferredSettings { max_age_secs: 10, retry_base_secs: 1, retry_max_secs: 1, ..DeferredSettings::default() };
-        assert_eq!([0.0, 0.5, 1.0].map(|r| one.backoff_secs(3, r)), [1, 1, 1], "never under a second");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! One notification, fanned out to its devices concurrently; each device ends
 //! in one outcome, and `reply` alone turns outcomes into the answer.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -9,60 +9,12 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::config::{AppEntry, Apps, Lookup, Settings};
-use crate::deferred::{DeferredSettings, Enqueue};
 use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
 use crate::providers::apns::{self, ApnsApp, Environment};
-use crate::providers::jwt::JwtToSign;
-use crate::providers::{App, OutRequest, Outcome, Prepared, ProviderResponse, Verdict, RETRY_AFTER_CAP};
-use crate::tokens::{Signal, TokenCache, TokenSource};
-
-/// The I/O the dispatcher needs; the worker shell implements it with `fetch`,
-/// KV and timers, the host tests with fakes.
-#[allow(async_fn_in_trait)]
-pub trait Transport {
-    /// Send one request (no redirects followed, bounded by `SEND_TIMEOUT_MS`).
-    /// `Err` is a network error or timeout.
-    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String>;
-    async fn sleep(&self, ms: u64);
-    fn now_ms(&self) -> u64;
-    /// A number in `[0, 1)` for jitter.
-    fn random(&self) -> f64;
-    async fn kv_get(&self, key: &str) -> Option<String>;
-    async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64);
-    /// The signature of `jwt.signing_input`. The worker signs with
-    /// WebCrypto; by default jwt-compact signs in process.
-    async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
-        jwt.key.sign_in_process(jwt.signing_input.as_bytes())
-    }
-    /// A one-shot wake-up for a caller waiting on another caller's token
-    /// mint: calling the first half completes the second. The worker makes
-    /// the second half a promise of the waiting request, so the waiter
-    /// resumes in its own request's context.
-    fn signal(&self) -> Signal {
-        crate::tokens::local_signal()
-    }
-    /// Whether the device `key` names is over the per-pushkey rate limit
-    /// (`PUSH_LIMITER`); never, without one.
-    async fn over_rate_limit(&self, _key: &str) -> bool {
-        false
-    }
-    /// The deferred-delivery knobs when a queue is bound (`DEFERRED_QUEUE`):
-    /// devices still transient after their tries are then handed to it
-    /// (`crate::deferred`). `None`: no queue, nothing is deferred.
-    fn deferral(&self) -> Option<&DeferredSettings> {
-        None
-    }
-    /// Put pushes on the deferred-delivery queue, each after its delay.
-    async fn defer(&self, _pushes: &[Enqueue]) -> Result<(), String> {
-        Err("no deferred-delivery queue is bound".into())
-    }
-    /// Whether this request may send no more (its subrequest budget is
-    /// spent): `send` would refuse.
-    fn is_spent(&self) -> bool {
-        false
-    }
-}
+use crate::providers::{App, Outcome, Prepared, Verdict, RETRY_AFTER_CAP};
+use crate::tokens::{TokenCache, TokenSource};
+use crate::transport::{Budgeted, Transport};
 
 /// No retry starts after this much time in one request: the homeserver's
 /// own timeout should not fire while we are still trying.
@@ -129,58 +81,6 @@ pub enum FinalOutcome {
     Deferred,
 }
 
-/// The transport of one notify, refusing sends past the request's
-/// subrequest budget (`MAX_SUBREQUESTS`): the runtime would fail them anyway,
-/// and a refused send is `Transient`, so the homeserver retries.
-pub struct Budgeted<'a, T: Transport> {
-    inner: &'a T,
-    left: Cell<u32>,
-}
-
-impl<T: Transport> Transport for Budgeted<'_, T> {
-    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
-        let left = self.left.get();
-        if left == 0 {
-            return Err("the request's subrequest budget (MAX_SUBREQUESTS) is spent".into());
-        }
-        self.left.set(left - 1);
-        self.inner.send(request).await
-    }
-    async fn sleep(&self, ms: u64) {
-        self.inner.sleep(ms).await;
-    }
-    fn now_ms(&self) -> u64 {
-        self.inner.now_ms()
-    }
-    fn random(&self) -> f64 {
-        self.inner.random()
-    }
-    async fn kv_get(&self, key: &str) -> Option<String> {
-        self.inner.kv_get(key).await
-    }
-    async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64) {
-        self.inner.kv_put(key, value, expiration_ttl_secs).await;
-    }
-    async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
-        self.inner.sign(jwt).await
-    }
-    fn signal(&self) -> Signal {
-        self.inner.signal()
-    }
-    async fn over_rate_limit(&self, key: &str) -> bool {
-        self.inner.over_rate_limit(key).await
-    }
-    fn deferral(&self) -> Option<&DeferredSettings> {
-        self.inner.deferral()
-    }
-    async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
-        self.inner.defer(pushes).await
-    }
-    fn is_spent(&self) -> bool {
-        self.left.get() == 0 || self.inner.is_spent()
-    }
-}
-
 /// Everything one `/notify` needs besides the notification.
 pub struct Dispatcher<'a, T: Transport> {
     transport: Budgeted<'a, T>,
@@ -196,7 +96,7 @@ pub struct Dispatcher<'a, T: Transport> {
 impl<'a, T: Transport> Dispatcher<'a, T> {
     /// One dispatcher per notify: it holds that request's subrequest budget.
     pub fn new(transport: &'a T, apps: &'a Apps, settings: &'a Settings, tokens: &'a TokenCache) -> Self {
-        let transport = Budgeted { inner: transport, left: Cell::new(settings.max_subrequests) };
+        let transport = Budgeted::new(transport, settings.max_subrequests);
         Self { transport, apps, settings, tokens, deferrable: RefCell::new(Vec::new()) }
     }
 
@@ -595,7 +495,7 @@ mod dispatch_tests {
 
     use super::*;
     use crate::notify::parse_notify;
-    use crate::providers::apns;
+    use crate::providers::{apns, OutRequest, ProviderResponse};
     use crate::testing::{drive, VirtualClock, YieldOnce};
 
     type ScriptedAnswer = (u16, &'static str, Vec<(String, String)>);

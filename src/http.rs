@@ -10,11 +10,11 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController, ReadableStreamDefaultReader, RequestRedirect, WorkerGlobalScope};
 use worker::{Delay, Env, KvStore, MessageBuilder, Queue, QueueContentType};
 
-use crate::deferred::{self, DeferredSettings, Enqueue};
-use crate::dispatch::Transport;
+use crate::config::DeferredSettings;
+use crate::deferred;
 use crate::providers::jwt::JwtToSign;
 use crate::providers::{AnswerBody, OutRequest, ProviderResponse};
-use crate::tokens::Signal;
+use crate::transport::{Signal, Transport};
 
 /// The most of a provider's answer that is read. Every verdict needs a few
 /// hundred bytes at most (APNs' `{"reason"}`, FCM's error with its details)
@@ -227,13 +227,12 @@ impl Transport for WorkerTransport<'_> {
         self.deferred.filter(|_| self.queue().is_some())
     }
 
-    async fn defer(&self, pushes: &[Enqueue]) -> Result<(), String> {
+    async fn defer(&self, messages: &[(String, u64)]) -> Result<(), String> {
         let queue = self.queue().ok_or_else(|| format!("{DEFERRED_QUEUE} is not bound"))?;
-        let messages = pushes.iter().map(|p| Ok((p.push.to_text()?, p.delay_secs))).collect::<Result<Vec<_>, String>>()?;
         // Some sent and some not is still a failure: the notify is answered
         // 502, and the copies already queued carry the push's identity, so
         // the homeserver's retry shows it once.
-        send_texts(queue, &messages).await.map_err(|(sent, e)| match sent {
+        send_texts(queue, messages).await.map_err(|(sent, e)| match sent {
             0 => e,
             _ => format!("{e} (after {sent} of {} were queued)", messages.len()),
         })

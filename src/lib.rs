@@ -19,6 +19,7 @@ pub mod routes;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sygnal_import;
 pub mod tokens;
+pub mod transport;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -14,14 +14,15 @@ use worker::{
     MessageExt, QueueRetryOptionsBuilder, Result,
 };
 
-use crate::config::{Apps, Settings};
-use crate::deferred::{self, Action, DeferredSettings, Fate};
-use crate::dispatch::{self, Dispatcher, Transport};
+use crate::config::{Apps, DeferredSettings, Settings};
+use crate::deferred::{self, Action, Fate};
+use crate::dispatch::{self, Dispatcher};
 use crate::error::{ApiError, Reply};
 use crate::http::{self, WorkerTransport};
 use crate::notify::parse_notify;
 use crate::routes::{self, NotifyLog, Route};
 use crate::tokens::TokenCache;
+use crate::transport::Transport;
 
 /// What an isolate parses once and keeps: `APPS` with its keys, the knobs,
 /// and the token memory.

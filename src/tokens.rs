@@ -16,17 +16,14 @@
 //! never reach KV.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
 use futures_util::future::{select, Either};
 use serde::{Deserialize, Serialize};
 
 use crate::bounded::BoundedMap;
-use crate::dispatch::Transport;
 use crate::providers::{App, Mint, MintedToken, Outcome, Prepared, UnixSecs, Verdict};
+use crate::transport::Transport;
 
 /// KV refuses expiration TTLs under 60 seconds.
 pub const KV_MIN_TTL_SECS: u64 = 60;
@@ -500,42 +497,6 @@ pub fn kv_key(token_key: &str) -> String {
     format!("token:v1:{token_key}")
 }
 
-/// A one-shot wake-up: calling the first half completes the second.
-pub type Signal = (Box<dyn FnOnce()>, Pin<Box<dyn Future<Output = ()>>>);
-
-/// A one-shot wake-up within one thread. The default of `Transport::signal`.
-pub fn local_signal() -> Signal {
-    let state: Rc<RefCell<(bool, Option<Waker>)>> = Rc::default();
-    let wake = {
-        let state = state.clone();
-        Box::new(move || {
-            let waker = {
-                let mut state = state.borrow_mut();
-                state.0 = true;
-                state.1.take()
-            };
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-        })
-    };
-    (wake, Box::pin(LocalSignal(state)))
-}
-
-struct LocalSignal(Rc<RefCell<(bool, Option<Waker>)>>);
-
-impl Future for LocalSignal {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.0.borrow_mut();
-        if state.0 {
-            return Poll::Ready(());
-        }
-        state.1 = Some(cx.waker().clone());
-        Poll::Pending
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
@@ -552,6 +513,7 @@ mod tests {
     use crate::providers::jwt::JwtToSign;
     use crate::providers::{AnswerBody, OutRequest, ProviderResponse};
     use crate::testing::{drive, VirtualClock, YieldOnce};
+    use crate::transport::{local_signal, Signal};
 
     const SEND_TIMEOUT_MS: u64 = 10_000;
 
