@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use serde::Serialize;
 
 use crate::config::{AppEntry, Apps, Lookup, Settings};
 use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
 use crate::providers::apns::{self, ApnsApp, Environment};
 use crate::providers::{App, Outcome, Prepared, Verdict, RETRY_AFTER_CAP};
-use crate::tokens::{TokenCache, TokenSource};
+use crate::report::{DeviceReport, FinalOutcome};
+use crate::tokens::TokenCache;
 use crate::transport::{Budgeted, Transport};
 
 /// No retry starts after this much time in one request: the homeserver's
@@ -21,65 +21,6 @@ use crate::transport::{Budgeted, Transport};
 pub const REQUEST_BUDGET_MS: u64 = 25_000;
 /// The longest pause between two tries.
 pub const MAX_BACKOFF_MS: u64 = 3_000;
-
-/// Where a device ended, and how, for the answer and the log.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceReport {
-    pub app_id: String,
-    /// Shortened: a log never carries a whole pushkey.
-    pub pushkey: String,
-    pub provider: &'static str,
-    pub outcome: FinalOutcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    pub tries: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<TokenSource>,
-    pub ms: u64,
-    /// Not sent: over the per-pushkey rate limit (`PUSH_LIMITER`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub rate_limited: bool,
-    /// The last answer's `Retry-After` in seconds, as the provider said it
-    /// (a try inside the request waits at most 3 s; the queue waits it out).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_after_s: Option<u64>,
-}
-
-impl DeviceReport {
-    /// The report of a device not yet sent to. Its outcome is `Failed`
-    /// until a verdict replaces it: a report that somehow escaped one must
-    /// never reject a pushkey.
-    pub fn new(d: &Device) -> Self {
-        Self {
-            app_id: d.app_id.clone(),
-            pushkey: d.pushkey.short(),
-            provider: "none",
-            outcome: FinalOutcome::Failed,
-            status: None,
-            reason: String::new(),
-            tries: 0,
-            token: None,
-            ms: 0,
-            rate_limited: false,
-            retry_after_s: None,
-        }
-    }
-}
-
-/// A device's final outcome, after retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinalOutcome {
-    Delivered,
-    Rejected,
-    Transient,
-    Failed,
-    /// Transient, then handed to the deferred-delivery queue: settled for
-    /// the homeserver, delivered later by the queue's consumer.
-    Deferred,
-}
 
 /// Everything one `/notify` needs besides the notification.
 pub struct Dispatcher<'a, T: Transport> {
@@ -496,6 +437,7 @@ mod dispatch_tests {
     use super::*;
     use crate::notify::parse_notify;
     use crate::providers::{apns, OutRequest, ProviderResponse};
+    use crate::tokens::TokenSource;
     use crate::testing::{drive, VirtualClock, YieldOnce};
 
     type ScriptedAnswer = (u16, &'static str, Vec<(String, String)>);

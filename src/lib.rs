@@ -5,6 +5,7 @@
 
 pub mod bounded;
 pub mod config;
+pub mod consumer;
 pub mod deferred;
 pub mod dispatch;
 pub mod endpoints;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod origin;
 pub mod providers;
+pub mod report;
 pub mod routes;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod sygnal_import;

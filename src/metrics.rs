@@ -22,8 +22,8 @@
 //!   double4: milliseconds, double5: provider HTTP status (0 when none),
 //!   double6: 1 when a token was minted
 
-use crate::deferred::ConsumerLog;
-use crate::dispatch::{DeviceReport, FinalOutcome};
+use crate::consumer::ConsumerLog;
+use crate::report::{DeviceReport, FinalOutcome};
 use crate::tokens::TokenSource;
 
 /// One Analytics Engine data point.

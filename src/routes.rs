@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::config::Apps;
-use crate::dispatch::DeviceReport;
+use crate::report::DeviceReport;
 use crate::error::{ApiError, Reply};
 
 pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";

@@ -15,7 +15,7 @@ use worker::{
 };
 
 use crate::config::{Apps, DeferredSettings, Settings};
-use crate::deferred::{self, Action, Fate};
+use crate::consumer::{self, Action, Fate};
 use crate::dispatch::{self, Dispatcher};
 use crate::error::{ApiError, Reply};
 use crate::http::{self, WorkerTransport};
@@ -169,7 +169,7 @@ async fn queue(batch: MessageBatch<JsValue>, env: Env, _ctx: Context) -> Result<
     // Never dead-lettered again: a worker consuming its own dead-letter queue would loop.
     let from_dead_letter = batch.queue() == state.deferred.dead_letter_queue;
     let mut handled =
-        deferred::consume(&transport, &state.apps, &state.settings, &state.deferred, &state.tokens, &texts, from_dead_letter).await;
+        consumer::consume(&transport, &state.apps, &state.settings, &state.deferred, &state.tokens, &texts, from_dead_letter).await;
 
     // Each message is acknowledged only once its copy is on the queue it
     // goes to; the others stay with Queues, which delivers them again.
