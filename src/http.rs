@@ -12,6 +12,7 @@ use worker::{Delay, Env, KvStore, MessageBuilder, Queue, QueueContentType};
 
 use crate::config::DeferredSettings;
 use crate::deferred;
+use crate::js::describe;
 use crate::providers::jwt::JwtToSign;
 use crate::providers::{AnswerBody, OutRequest, ProviderResponse};
 use crate::transport::{Signal, Transport};
@@ -303,9 +304,4 @@ async fn read_capped(reader: &ReadableStreamDefaultReader, cap: usize) -> Result
             return Ok(body);
         }
     }
-}
-
-/// A JS error as `worker::Error` words it (`TypeError: ...`), as before.
-pub(crate) fn describe(error: JsValue) -> String {
-    worker::Error::from(error).to_string()
 }

@@ -19,6 +19,7 @@ use crate::consumer::{self, Action, Fate};
 use crate::dispatch::{self, Dispatcher};
 use crate::error::{ApiError, Reply};
 use crate::http::{self, WorkerTransport};
+use crate::js::describe;
 use crate::notify::parse_notify;
 use crate::routes::{self, NotifyLog, Route};
 use crate::tokens::TokenCache;
@@ -280,7 +281,7 @@ fn write_metrics(env: &Env, points: impl Iterator<Item = crate::metrics::DataPoi
 /// of leaving it unread on the connection.
 async fn read_body(req: web_sys::Request, max: usize) -> std::result::Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::TooLarge(format!("the body is over {max} bytes"));
-    let unreadable = |e: JsValue| ApiError::BadJson(format!("could not read the body: {}", worker::Error::from(e)));
+    let unreadable = |e: JsValue| ApiError::BadJson(format!("could not read the body: {}", describe(e)));
     let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
     let mut body = Vec::new();
     let Some(stream) = req.body() else {

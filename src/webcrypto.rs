@@ -9,7 +9,7 @@ use worker::js_sys::{self, Array, Object, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 
-use crate::http::describe;
+use crate::js::describe;
 use crate::providers::jwt::{JwtAlg, JwtToSign};
 
 thread_local! {
