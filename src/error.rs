@@ -53,7 +53,7 @@ impl ApiError {
             }
             _ => json!({ "errcode": errcode, "error": self.to_string() }),
         };
-        Reply { status, body }
+        Reply { status, body, error: Some(self.clone()) }
     }
 }
 
@@ -62,11 +62,32 @@ impl ApiError {
 pub struct Reply {
     pub status: u16,
     pub body: serde_json::Value,
+    /// The error the body words, if it is one: the log and the metrics read
+    /// its `errcode` and words from here, never back out of `body`.
+    pub error: Option<ApiError>,
 }
 
 impl Reply {
     pub fn ok(body: serde_json::Value) -> Self {
-        Self { status: 200, body }
+        Self { status: 200, body, error: None }
+    }
+
+    /// An answer that is not an error, whatever its status (`/health`'s 503).
+    pub fn with_status(status: u16, body: serde_json::Value) -> Self {
+        Self { status, body, error: None }
+    }
+
+    /// The Matrix `errcode` of an error answer.
+    pub fn errcode(&self) -> Option<&'static str> {
+        self.error.as_ref().map(|e| e.status_errcode().1)
+    }
+
+    /// How long the homeserver is asked to wait (`M_LIMIT_EXCEEDED`).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self.error {
+            Some(ApiError::LimitExceeded { retry_after_ms }) => Some(retry_after_ms),
+            _ => None,
+        }
     }
 }
 
@@ -103,5 +124,28 @@ mod tests {
             assert!(reply.body["error"].as_str().is_some_and(|s| !s.is_empty()));
         }
         assert_eq!(ApiError::LimitExceeded { retry_after_ms: 60_000 }.to_reply().body["retry_after_ms"], 60_000);
+    }
+
+    #[test]
+    fn the_typed_error_says_what_the_body_says() {
+        let errors = [
+            ApiError::NotJson("x".into()),
+            ApiError::BadJson("devices: missing".into()),
+            ApiError::TooLarge("x".into()),
+            ApiError::Unrecognized("/x".into()),
+            ApiError::MethodNotAllowed { method: "PUT".into(), path: "/health".into() },
+            ApiError::Upstream("1 device(s) failed".into()),
+            ApiError::LimitExceeded { retry_after_ms: 60_000 },
+        ];
+        for err in errors {
+            let reply = err.to_reply();
+            assert_eq!(reply.errcode(), reply.body["errcode"].as_str(), "{err:?}");
+            let words = reply.error.as_ref().map(ToString::to_string);
+            assert_eq!(words.as_deref(), reply.body["error"].as_str(), "{err:?}");
+            assert_eq!(reply.retry_after_ms(), reply.body["retry_after_ms"].as_u64(), "{err:?}");
+        }
+        let ok = Reply::ok(json!({"rejected": []}));
+        assert_eq!((ok.errcode(), ok.retry_after_ms()), (None, None));
+        assert_eq!(Reply::with_status(503, json!({"status": "degraded"})).errcode(), None, "a degraded /health is no Matrix error");
     }
 }

@@ -66,7 +66,7 @@ pub fn health(apps: &Apps, token_store_bound: bool, now_ms: u64) -> Reply {
             obj.insert("glob_overlaps".into(), json!(overlaps));
         }
     }
-    Reply { status: if healthy { 200 } else { 503 }, body }
+    Reply::with_status(if healthy { 200 } else { 503 }, body)
 }
 
 /// The one log line written per `/notify`.

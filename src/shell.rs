@@ -98,7 +98,7 @@ fn into_response(reply: &Reply) -> Result<web_sys::Response> {
     let headers = web_sys::Headers::new()?;
     headers.set("content-type", "application/json")?;
     // M_LIMIT_EXCEEDED carries `retry_after_ms`; HTTP clients read the header.
-    if let Some(ms) = reply.body.get("retry_after_ms").and_then(|v| v.as_u64()) {
+    if let Some(ms) = reply.retry_after_ms() {
         headers.set("retry-after", &ms.div_ceil(1000).to_string())?;
     }
     let init = web_sys::ResponseInit::new();
@@ -137,10 +137,9 @@ async fn notify(req: web_sys::Request, env: &Env) -> Reply {
         status: reply.status,
         ms: transport.now_ms().saturating_sub(started),
         devices: &reports,
-        error: (reply.status != 200).then(|| reply.body.get("error").and_then(|e| e.as_str()).unwrap_or_default().to_string()),
+        error: reply.error.as_ref().map(ToString::to_string),
     };
-    let errcode = reply.body.get("errcode").and_then(|e| e.as_str());
-    let notify_point = crate::metrics::notify_point(reply.status, errcode, reports.len(), log.ms);
+    let notify_point = crate::metrics::notify_point(reply.status, reply.errcode(), reports.len(), log.ms);
     write_metrics(env, std::iter::once(notify_point).chain(reports.iter().map(|r| crate::metrics::data_point(r, reply.status))));
     match serde_json::to_string(&log) {
         Ok(line) if reply.status >= 500 => console_error!("{line}"),
