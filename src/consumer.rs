@@ -15,7 +15,8 @@ use std::cell::Cell;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use crate::config::{AppEntry, Apps, DeferredSettings, Lookup, Settings, MAX_QUEUE_DELAY_SECS};
+use crate::apps::{AppEntry, Apps, Lookup};
+use crate::config::{DeferredSettings, Settings, MAX_QUEUE_DELAY_SECS};
 use crate::deferred::{given_up, mark_given_up, DeferredPush, Enqueue};
 use crate::dispatch::Dispatcher;
 use crate::providers::jwt::JwtToSign;

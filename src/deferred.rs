@@ -317,7 +317,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::{Apps, DeferredSettings, Lookup, Settings};
+    use crate::apps::{Apps, Lookup};
+    use crate::config::{DeferredSettings, Settings};
     use crate::consumer::{consume, Action, Fate, Handled, Metered};
     use crate::dispatch::{reply, Dispatcher};
     use crate::notify::parse_notify;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::config::{AppEntry, Apps, Lookup, Settings};
+use crate::apps::{AppEntry, Apps, Lookup};
+use crate::config::Settings;
 use crate::error::{ApiError, Reply};
 use crate::notify::{Device, Notification};
 use crate::providers::apns::{self, ApnsApp, Environment};

@@ -3,6 +3,7 @@
 //! Everything but the worker shell (`shell`, `http`) is plain Rust that
 //! builds and tests on the host.
 
+pub mod apps;
 pub mod bounded;
 pub mod config;
 pub mod consumer;

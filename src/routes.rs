@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Apps;
+use crate::apps::Apps;
 use crate::report::DeviceReport;
 use crate::error::{ApiError, Reply};
 

@@ -14,7 +14,8 @@ use worker::{
     MessageExt, QueueRetryOptionsBuilder, Result,
 };
 
-use crate::config::{Apps, DeferredSettings, Settings};
+use crate::apps::Apps;
+use crate::config::{DeferredSettings, Settings};
 use crate::consumer::{self, Action, Fate};
 use crate::dispatch::{self, Dispatcher};
 use crate::error::{ApiError, Reply};

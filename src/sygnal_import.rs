@@ -1,7 +1,7 @@
 //! `edgepush-config import-sygnal`: turn a Sygnal `sygnal.yaml` into `APPS`.
 //!
 //! Host only (the worker never reads YAML). The result is checked with the
-//! crate's own parser (`config::Apps::load`), so the conversion cannot drift
+//! crate's own parser (`apps::Apps::load`), so the conversion cannot drift
 //! from what the worker accepts.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde_json::{json, Map, Value};
 
-use crate::config::Apps;
+use crate::apps::Apps;
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -509,7 +509,7 @@ mod tests {
     use p256::pkcs8::{EncodePrivateKey, LineEnding};
     use serde_json::json;
 
-    use crate::config::{Apps, Lookup};
+    use crate::apps::{Apps, Lookup};
     use crate::providers::jwt::JwtToSign;
     use crate::providers::{AnswerBody, OutRequest, ProviderResponse};
     use crate::testing::{drive, VirtualClock, YieldOnce};

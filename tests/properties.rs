@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use edgepush::config::{AppConfig, Apps};
+use edgepush::apps::Apps;
+use edgepush::config::AppConfig;
 use edgepush::notify::parse_notify;
 use edgepush::notify::Notification;
 use edgepush::providers::{apns, fcm, unifiedpush, webpush, App, Outcome, ProviderResponse};

@@ -23,7 +23,8 @@ mod host {
     use std::process::ExitCode;
 
     use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
-    use edgepush::config::{AppConfig, Apps, Settings};
+    use edgepush::apps::Apps;
+    use edgepush::config::{AppConfig, Settings};
     use edgepush::sygnal_import::{self, Format, Import, Severity};
     use serde_json::Value;
 
