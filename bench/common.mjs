@@ -115,6 +115,15 @@ export const floorOptions = (upstream, scriptPath = path.join(ROOT, "bench/floor
   bindings: { UPSTREAM: upstream },
 });
 
+/** Where `bench/run` builds the Rust/wasm floor (bench/floor-rs). */
+export const RUST_FLOOR_DIR = path.join(ROOT, "bench/floor-rs/build");
+
+/** Miniflare options for the Rust/wasm floor (a build of bench/floor-rs), which relays to `upstream`. */
+export const rustFloorOptions = (upstream, dir = RUST_FLOOR_DIR) => ({
+  ...buildOptions(dir, {}, {}),
+  bindings: { UPSTREAM: upstream },
+});
+
 // ---------------------------------------------------------------- notifies
 
 export const apnsPushkey = () => crypto.randomBytes(32).toString("base64");
