@@ -8,7 +8,7 @@
 // copy of build/ made after building a variant in a copy of the repository
 // (see bench/README.md). A name starting with `floor` runs bench/floor.mjs
 // (or the .mjs file given as its dir, or the Rust floor when its dir is a
-// build of bench/floor-rs); `floorkv` requests `/?kv`.
+// build of bench/floor-rs); `floorkv` requests `/?kv`, `floorlog1` `/?log=1`.
 // AB_ROUNDS (default 5) rounds; AB_N (default 400) requests per sample;
 // AB_POINTS (default apns:1,apns:16,fcm:1,fcm:16) the warm points;
 // AB_FRESH (default 4) fresh processes per cold point; AB_CL=1 posts over
@@ -45,6 +45,9 @@ const { apps, secrets } = benchApps(origin, benchKeys());
 const apnsBody = notifyBody([device(IOS, apnsPushkey())]);
 const fcmBody = notifyBody([device(ANDROID, fcmPushkey())]);
 
+/** `floorkv` requests `/?kv`, `floorlog2` `/?log=2`, any other floor `/`. */
+const floorPath = (name) => (name.endsWith("kv") ? "/?kv" : /log(\d+)$/.test(name) ? `/?log=${name.match(/log(\d+)$/)[1]}` : "/");
+
 async function start(build) {
   const before = new Set(workerdChildren());
   const options =
@@ -53,11 +56,21 @@ async function start(build) {
       : fs.existsSync(path.join(build.dir, "index_bg.wasm"))
         ? rustFloorOptions(`${origin}/3/device/ab`, build.dir)
         : floorOptions(`${origin}/3/device/ab`, build.dir.endsWith(".mjs") ? build.dir : undefined);
-  const mf = new Miniflare(convertV4MiniflareOptions({ modules: true, compatibilityDate: COMPATIBILITY_DATE, handleStructuredLogs: () => {}, ...options }));
+  const mf = new Miniflare(convertV4MiniflareOptions({
+    modules: true,
+    compatibilityDate: COMPATIBILITY_DATE,
+    // Logs structured as in production, drained unread (as in bench.mjs).
+    structuredWorkerdLogs: true,
+    handleRuntimeStdio: (stdout, stderr) => {
+      stdout.resume();
+      stderr.resume();
+    },
+    ...options,
+  }));
   const url = (await mf.ready).origin;
   const pids = workerdChildren().filter((p) => !before.has(p));
   if (pids.length !== 1) throw new Error(`expected one new workerd, found ${pids.length}`);
-  return { mf, url, pid: pids[0], name: build.name, floor: build.name.startsWith("floor"), floorPath: build.name.endsWith("kv") ? "/?kv" : "/" };
+  return { mf, url, pid: pids[0], name: build.name, floor: build.name.startsWith("floor"), floorPath: floorPath(build.name) };
 }
 
 async function request(instance, urlPath, body) {
@@ -130,6 +143,12 @@ if (doWarm) {
   // Each round's ratio to the first build's sample of the same round and point.
   const ratio = (rs, b, p) => cell(rs.map((r, i) => r.cpu / results[first][p][i].cpu));
   if (builds.length > 1) table(`CPU / ${first}'s in the same round, min / median`, points, results, ratio);
+  // ... and in ms, each round's difference: what a variant adds or saves.
+  const delta = (rs, b, p) => {
+    const ds = rs.map((r, i) => r.cpu - results[first][p][i].cpu);
+    return `${median(ds).toFixed(3)} (${Math.min(...ds).toFixed(3)}..${Math.max(...ds).toFixed(3)})`;
+  };
+  if (builds.length > 1) table(`CPU - ${first}'s in the same round, ms: median (min..max)`, points, results, delta);
   const pooled = (rs) => rs.flatMap((r) => r.latencies).sort((a, b) => a - b);
   const lat = (rs) => { const s = pooled(rs); return `${percentile(s, 0.5).toFixed(2)} / ${percentile(s, 0.99).toFixed(2)}`; };
   table("latency ms, p50 / p99 over all rounds", points, results, lat);

@@ -1,6 +1,7 @@
 // The bench behind `npm run bench` (see bench/README.md): edgepush's release
-// build and a minimal floor worker, each in its own workerd (Miniflare),
-// against instant fake providers in this process. Prints one table.
+// build and two floor workers (JS, and Rust/wasm built like edgepush), each
+// in its own workerd (Miniflare), against fake providers in this process:
+// instant ones, then ones that answer after ROUND_TRIP_MS. Prints the tables.
 //
 // CPU is the workerd process's: the fakes and the load generator run in this
 // node process and are not counted. Batches are read from /proc/<pid>/stat
@@ -19,13 +20,18 @@ import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { COMPATIBILITY_DATE, NOTIFY, ROOT } from "../tests/integration/harness.mjs";
 import {
   ANDROID, IOS, apnsApp, apnsPushkey, benchApps, benchKeys, buildOptions, device, fcmApp, fcmPushkey, floorOptions,
-  median, notifyBody, schedCpuMs, serviceAccount, statCpuMs, workerdChildren,
+  median, notifyBody, RUST_FLOOR_DIR, rustFloorOptions, schedCpuMs, serviceAccount, statCpuMs, workerdChildren,
 } from "./common.mjs";
 import { startFakeProviders } from "./fake-providers.mjs";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const REPS = 3;
 const CONCURRENCIES = [1, 16, 64];
+/** The providers' answer time in the round-trip points, and their concurrencies. */
+const ROUND_TRIP_MS = 50;
+const ROUND_TRIP_CONCURRENCIES = [16, 64, 256];
+/** Notifies sent at once to a fresh isolate, all needing the same new token. */
+const BURST = 32;
 /** New apps (new keys) per repetition of the mint points. */
 const MINTS_PER_REP = 40;
 /** Notifies per repetition of the warm reference next to the mint points. */
@@ -49,8 +55,14 @@ async function startInstance(options) {
   const mf = new Miniflare(convertV4MiniflareOptions({
     modules: true,
     compatibilityDate: COMPATIBILITY_DATE,
-    // One JSON line per notify is part of what edgepush costs; drop it here.
-    handleStructuredLogs: () => {},
+    // One JSON line per notify is part of what edgepush costs: workerd
+    // writes it, structured as in production; this process drains it unread,
+    // since parsing it here would slow the load generator for edgepush alone.
+    structuredWorkerdLogs: true,
+    handleRuntimeStdio: (stdout, stderr) => {
+      stdout.resume();
+      stderr.resume();
+    },
     ...options,
   }));
   await mf.ready;
@@ -76,10 +88,14 @@ async function post(mf, body, path = NOTIFY) {
   if (response.status !== 200 || text !== OK_BODY) throw new Error(`unexpected answer ${response.status} ${text.slice(0, 300)}`);
 }
 
+/** Called around each batch (the round-trip points read the fake's in-flight count). */
+const batchHooks = { before: undefined, after: undefined };
+
 /** `concurrency` clients each posting `body` in a loop for `seconds`. */
 async function batch(instance, body, concurrency, seconds) {
   const latencies = [];
   const load = load1();
+  batchHooks.before?.();
   const before = cpu(instance.pid);
   const t0 = performance.now();
   const deadline = t0 + seconds * 1000;
@@ -96,8 +112,9 @@ async function batch(instance, body, concurrency, seconds) {
   const after = cpu(instance.pid);
   latencies.sort((a, b) => a - b);
   const n = latencies.length;
-  return {
+  const result = {
     n,
+    latencies,
     rps: n / elapsed,
     p50: latencies[Math.floor(n * 0.5)],
     p99: latencies[Math.min(n - 1, Math.floor(n * 0.99))],
@@ -106,6 +123,8 @@ async function batch(instance, body, concurrency, seconds) {
     schedMs: after.sched - before.sched,
     load,
   };
+  batchHooks.after?.(result);
+  return result;
 }
 
 /** Post each body once, one after the other; CPU (schedstat) per request. */
@@ -168,7 +187,7 @@ const js = fs.readFileSync(path.join(ROOT, "build/index.js"));
 const gzip = (buf) => zlib.gzipSync(buf).length; // as wrangler reports it (default level)
 
 // Fresh processes: start to first response, and what a cold isolate costs.
-const fresh = { readyMs: [], firstMs: [], readyCpu: [], healthCpu: [], apnsCpu: [], fcmCpu: [], floorCpu: [] };
+const fresh = { readyMs: [], firstMs: [], readyCpu: [], healthCpu: [], apnsCpu: [], fcmCpu: [], floorCpu: [], floorRsCpu: [] };
 const { apps: warmApps, secrets: warmSecrets } = benchApps(origin, keys);
 for (let i = 0; i < FRESH_PROCESSES; i++) {
   progress(`fresh process ${i + 1}/${FRESH_PROCESSES}`);
@@ -192,6 +211,9 @@ for (let i = 0; i < FRESH_PROCESSES; i++) {
   const floorInstance = await startInstance(floorOptions(floorUpstream));
   fresh.floorCpu.push(await sequential(floorInstance, [notifyBody([device(IOS, apnsPushkey())])], "/"));
   await floorInstance.mf.dispose();
+  const floorRsInstance = await startInstance(rustFloorOptions(floorUpstream));
+  fresh.floorRsCpu.push(await sequential(floorRsInstance, [notifyBody([device(IOS, apnsPushkey())])], "/"));
+  await floorRsInstance.mf.dispose();
 
   const instance = await startInstance(edgepushOptions(warmApps, warmSecrets));
   const before = schedCpuMs(instance.pid);
@@ -201,35 +223,92 @@ for (let i = 0; i < FRESH_PROCESSES; i++) {
   await instance.mf.dispose();
 }
 
-// Warm points.
-progress("starting the floor and edgepush workers");
+// Warm points: the two floors and edgepush, each point's workloads run one
+// after the other (in an order that turns each repetition) so the machine's
+// load weighs on them alike.
+progress("starting the floors and edgepush");
 const floor = await startInstance(floorOptions(floorUpstream));
+const floorRs = await startInstance(rustFloorOptions(floorUpstream));
 const edgepush = await startInstance(edgepushOptions(warmApps, warmSecrets));
 
 const mixed = [];
 for (let i = 0; i < 5; i++) mixed.push(device(IOS, apnsPushkey()), device(ANDROID, fcmPushkey()));
+const floorBody = notifyBody([device(IOS, apnsPushkey())]);
+const apnsBody = notifyBody([device(IOS, apnsPushkey())]);
+const fcmBody = notifyBody([device(ANDROID, fcmPushkey())]);
 const workloads = [
-  { name: "floor: read, 1 fetch, answer", instance: floor, body: notifyBody([device(IOS, apnsPushkey())]) },
-  { name: "notify, 1 APNs device", instance: edgepush, body: notifyBody([device(IOS, apnsPushkey())]) },
-  { name: "notify, 1 FCM device", instance: edgepush, body: notifyBody([device(ANDROID, fcmPushkey())]) },
+  { name: "JS floor: read, 1 fetch, answer", instance: floor, body: floorBody },
+  { name: "Rust/wasm floor: the same in wasm", instance: floorRs, body: floorBody },
+  { name: "notify, 1 APNs device", instance: edgepush, body: apnsBody },
+  { name: "notify, 1 FCM device", instance: edgepush, body: fcmBody },
   { name: "notify, 10 devices (5 APNs + 5 FCM)", instance: edgepush, body: notifyBody(mixed) },
 ];
+const [jsFloor, rustFloor] = workloads;
 
-for (const w of workloads) {
-  progress(`warming up: ${w.name}`);
-  await batch(w.instance, w.body, 16, Math.min(1, SECONDS));
-  w.results = Object.fromEntries(CONCURRENCIES.map((c) => [c, []]));
-}
-const tokensBeforeWarm = fake.counts.token;
-for (let rep = 0; rep < REPS; rep++) {
-  for (const w of workloads) {
-    for (const c of CONCURRENCIES) {
-      progress(`rep ${rep + 1}/${REPS}: ${w.name}, concurrency ${c}`);
-      w.results[c].push(await batch(w.instance, w.body, c, SECONDS));
+/** Run `points` (workload, concurrency) REPS times, each repetition in a turned order. */
+async function measure(label, points, seconds) {
+  for (const w of new Set(points.map((p) => p.w))) {
+    progress(`warming up: ${w.name}`);
+    await batch(w.instance, w.body, 16, Math.min(1, seconds));
+  }
+  for (let rep = 0; rep < REPS; rep++) {
+    progress(`${label}: rep ${rep + 1}/${REPS}`);
+    for (let k = 0; k < points.length; k++) {
+      const p = points[(k + rep * 3) % points.length];
+      p.w.results[p.c].push(await batch(p.w.instance, p.w.body, p.c, seconds));
     }
   }
 }
+
+/** Each concurrency's workloads next to each other. */
+const grid = (ws, cs) => cs.flatMap((c) => ws.map((w) => ({ w, c })));
+for (const w of workloads) w.results = Object.fromEntries(CONCURRENCIES.map((c) => [c, []]));
+const tokensBeforeWarm = fake.counts.token;
+await measure("warm", grid(workloads, CONCURRENCIES), SECONDS);
 const warmMints = fake.counts.token - tokensBeforeWarm;
+
+// A realistic round trip: the providers answer after ROUND_TRIP_MS.
+progress("round trip points");
+const slow = await startFakeProviders({ delayMs: ROUND_TRIP_MS });
+const slowFloorUpstream = `${slow.origin}/3/device/${crypto.randomBytes(32).toString("hex")}`;
+const { apps: slowApps, secrets: slowSecrets } = benchApps(slow.origin, keys);
+const slowFloor = await startInstance(floorOptions(slowFloorUpstream));
+const slowFloorRs = await startInstance(rustFloorOptions(slowFloorUpstream));
+const slowEdgepush = await startInstance(edgepushOptions(slowApps, slowSecrets));
+const roundTrip = [
+  { name: "JS floor", instance: slowFloor, body: floorBody },
+  { name: "Rust/wasm floor", instance: slowFloorRs, body: floorBody },
+  { name: "notify, 1 APNs device", instance: slowEdgepush, body: apnsBody },
+  { name: "notify, 1 FCM device", instance: slowEdgepush, body: fcmBody },
+];
+for (const w of roundTrip) w.results = Object.fromEntries(ROUND_TRIP_CONCURRENCIES.map((c) => [c, []]));
+batchHooks.before = () => slow.inFlight.reset();
+batchHooks.after = (r) => Object.assign(r, { inFlightMean: slow.inFlight.mean(), inFlightMax: slow.inFlight.max });
+await measure("round trip", grid(roundTrip, ROUND_TRIP_CONCURRENCIES), SECONDS);
+batchHooks.before = batchHooks.after = undefined;
+
+// A fresh isolate's first notifies all at once, with the token endpoint as
+// slow as the round trip: one mint, the others wait for it.
+progress("burst in a fresh isolate");
+const burst = { cold: [], warm: [], coldMax: [], warmMax: [], mints: [] };
+for (let rep = 0; rep < REPS; rep++) {
+  const instance = await startInstance(edgepushOptions(slowApps, slowSecrets));
+  await (await instance.mf.dispatchFetch("http://edgepush.bench/health")).text();
+  const tokensBefore = slow.counts.token;
+  const bodies = Array.from({ length: BURST }, () => notifyBody([device(ANDROID, fcmPushkey())]));
+  for (const [key, maxKey] of [["cold", "coldMax"], ["warm", "warmMax"]]) {
+    const before = schedCpuMs(instance.pid);
+    const latencies = await Promise.all(bodies.map(async (body) => {
+      const sent = performance.now();
+      await post(instance.mf, body);
+      return performance.now() - sent;
+    }));
+    burst[key].push((schedCpuMs(instance.pid) - before) / BURST);
+    burst[maxKey].push(Math.max(...latencies));
+    if (key === "cold") burst.mints.push(slow.counts.token - tokensBefore);
+  }
+  await instance.mf.dispose();
+}
 
 // Mints in a warm isolate: the first notify to an app with a key of its own,
 // against a notify to a warm app in the same isolate.
@@ -267,7 +346,6 @@ for (let rep = 0; rep < REPS; rep++) {
 }
 // What a mint's I/O costs on the floor: a KV miss and write, one more fetch.
 const floorIo = { one: [], kv: [], two: [] };
-const floorBody = workloads[0].body;
 for (let rep = 0; rep < REPS; rep++) {
   floorIo.one.push(await sequential(floor, Array(WARM_PER_REP).fill(floorBody), "/"));
   floorIo.kv.push(await sequential(floor, Array(WARM_PER_REP).fill(floorBody), "/?kv"));
@@ -282,36 +360,59 @@ const totals = workloads.flatMap((w) => CONCURRENCIES.flatMap((c) => w.results[c
 const statTotal = totals.reduce((s, r) => s + r.statMs, 0);
 const schedTotal = totals.reduce((s, r) => s + r.schedMs, 0);
 
-await floor.mf.dispose();
-await edgepush.mf.dispose();
-await minter.mf.dispose();
+for (const instance of [floor, floorRs, edgepush, slowFloor, slowFloorRs, slowEdgepush, minter]) await instance.mf.dispose();
 await fake.close();
+await slow.close();
 
-// ---------------------------------------------------------------- table
+// ---------------------------------------------------------------- tables
 
-say(`each point: ${REPS} runs of ${SECONDS} s (closed loop, c clients); cells are "min / median" over the runs,`);
-say(`req/s is "median / max"; CPU = workerd process utime+stime per request; load = 1-min loadavg over the runs`);
+/** Latencies of all the runs of a point, sorted. */
+const pooled = (rs) => rs.flatMap((r) => r.latencies).sort((a, b) => a - b);
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+/** Each run's figure over the same run's figure of `ref` (run i of a point is next to run i of its reference). */
+const perRun = (rs, refs, f) => rs.map((r, i) => f(r) / f(refs[i]));
+
+say(`each point: ${REPS} runs of ${SECONDS} s (closed loop, c clients), the workloads of one c run next to each other;`);
+say(`req/s is "median / max" over the runs; p50 and p99 are of all the runs' requests together; CPU = the workerd`);
+say(`process's utime+stime per request, "min / median" over the runs; "x floor" divides each run by the floor's run`);
+say(`next to it ("min / median"); "p99 x floor" divides the pooled p99s; load = 1-min loadavg over the runs`);
 say();
-const widths = [37, 4, 15, 13, 15, 15, 15, 9];
-say(pad(["warm (tokens cached)", "c", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "x floor CPU", "load"], widths));
-say("-".repeat(widths.reduce((a, b) => a + b + 2, -2)));
-const floorCpu = Object.fromEntries(CONCURRENCIES.map((c) => [c, workloads[0].results[c].map((r) => r.cpuMs)]));
-for (const w of workloads) {
-  for (const c of CONCURRENCIES) {
-    const rs = w.results[c];
-    const ratio = w.instance === floor ? "1" : minMed(rs.map((r, i) => r.cpuMs / floorCpu[c][i]), 2);
-    say(pad([c === CONCURRENCIES[0] ? w.name : "", c, medMax(rs.map((r) => r.rps), 0), minMed(rs.map((r) => r.p50), 2),
-      minMed(rs.map((r) => r.p99), 2), minMed(rs.map((r) => r.cpuMs), 3), ratio, loadRange(rs.map((r) => r.load))], widths));
+const widths = [37, 4, 12, 8, 8, 11, 14, 13, 13, 10];
+const header = (title, extra = "x JS floor") =>
+  [pad([title, "c", "req/s", "p50 ms", "p99 ms", "p99 x floor", "CPU ms/req", extra, "x Rust floor", "load"], widths), "-".repeat(widths.reduce((x, y) => x + y + 2, -2))];
+function rows(ws, cs, refJs, refRs, extra) {
+  for (const w of ws) {
+    for (const c of cs) {
+      const rs = w.results[c];
+      const lat = pooled(rs);
+      const p99Ratio = pct(lat, 0.99) / pct(pooled(refJs.results[c]), 0.99);
+      const cpuJs = w === refJs ? "1" : minMed(perRun(rs, refJs.results[c], (r) => r.cpuMs), 2);
+      const cpuRs = w === refJs ? "" : w === refRs ? "1" : minMed(perRun(rs, refRs.results[c], (r) => r.cpuMs), 2);
+      say(pad([c === cs[0] ? w.name : "", c, medMax(rs.map((r) => r.rps), 0), fmt(pct(lat, 0.5), 2), fmt(pct(lat, 0.99), 2),
+        w === refJs ? "1" : fmt(p99Ratio, 2), minMed(rs.map((r) => r.cpuMs), 3), extra ? extra(w, c) : cpuJs, cpuRs,
+        loadRange(rs.map((r) => r.load))], widths));
+    }
   }
 }
-say(`(x floor CPU pairs each run with the floor's run at the same c; the 10-device notify makes 10 fetches to the floor's 1.`);
-say(` Token mints during the warm runs: ${warmMints}. stat vs schedstat CPU over all warm runs: ${(statTotal / 1000).toFixed(2)} s vs ${(schedTotal / 1000).toFixed(2)} s)`);
+for (const line of header("warm (tokens cached), instant fakes")) say(line);
+rows(workloads, CONCURRENCIES, jsFloor, rustFloor);
+say(`(the 10-device notify makes 10 fetches to the floors' 1. Token mints during the warm runs: ${warmMints}.`);
+say(` stat vs schedstat CPU over all warm runs: ${(statTotal / 1000).toFixed(2)} s vs ${(schedTotal / 1000).toFixed(2)} s)`);
+say();
+say(`round trip: the fake providers answer after ${ROUND_TRIP_MS} ms; "in flight" is how many requests the isolate had open at`);
+say(`the provider at once (time-weighted mean / most), i.e. the notifies it carried`);
+say();
+const inFlight = (w, c) => `${fmt(median(w.results[c].map((r) => r.inFlightMean)), 1)} / ${Math.max(...w.results[c].map((r) => r.inFlightMax))}`;
+for (const line of header(`round trip ${ROUND_TRIP_MS} ms`, "in flight")) say(line);
+rows(roundTrip, ROUND_TRIP_CONCURRENCIES, roundTrip[0], roundTrip[1], inFlight);
+say(`(x Rust floor is CPU per request over the Rust floor's, as above)`);
 say();
 const w2 = [56, 19];
 say(pad(["cold paths (CPU from schedstat, ms)", "min / median"], w2));
 say("-".repeat(w2[0] + w2[1] + 2));
-say(pad(["ES256 mint: APNs notify to a new key - warm APNs notify", minMed(apnsMintDelta, 3)], w2));
-say(pad(["RS256 mint + OAuth exchange: the same for FCM", minMed(fcmMintDelta, 3)], w2));
+say(pad(["ES256 mint (in wasm, RFC 6979): APNs notify to a new key", minMed(apnsMintDelta, 3)], w2));
+say(pad(["  - warm APNs notify", ""], w2));
+say(pad(["RS256 mint (WebCrypto) + OAuth exchange: the same for FCM", minMed(fcmMintDelta, 3)], w2));
 say(pad(["  floor's KV miss + KV write (floor ?kv - floor)", fmt(kvCost, 3)], w2));
 say(pad(["  floor's one more fetch (floor ?fetches=2 - floor)", fmt(fetchCost, 3)], w2));
 say(pad(["ES256 signing alone ~ ES256 mint - KV", minMed(apnsMintDelta.map((d) => d - kvCost), 3)], w2));
@@ -319,13 +420,17 @@ say(pad(["RS256 signing alone ~ RS256 mint - KV - 1 fetch", minMed(fcmMintDelta.
 say(pad(["APNs notify that must mint (warm isolate)", minMed(mint.apnsMint, 3)], w2));
 say(pad(["FCM notify that must mint (warm isolate)", minMed(mint.fcmMint, 3)], w2));
 say(pad(["  warm APNs / FCM notify in the same isolate", `${fmt(median(mint.apnsWarm), 3)} / ${fmt(median(mint.fcmWarm), 3)}`], w2));
-say(pad(["fresh isolate: first request of the floor", minMed(fresh.floorCpu, 3)], w2));
+say(pad(["fresh isolate: first request of the JS / Rust floor", `${fmt(median(fresh.floorCpu), 3)} / ${fmt(median(fresh.floorRsCpu), 3)}`], w2));
 say(pad(["fresh isolate: first request, GET /health (loads APPS)", minMed(fresh.healthCpu, 3)], w2));
 say(pad(["fresh isolate: first request, APNs notify (loads, mints)", minMed(fresh.apnsCpu, 3)], w2));
 say(pad(["fresh isolate: second request, FCM notify (mints)", minMed(fresh.fcmCpu, 3)], w2));
 say(pad(["fresh workerd: CPU from spawn to ready", minMed(fresh.readyCpu, 1)], w2));
+say(pad([`fresh isolate: ${BURST} FCM notifies at once, 1 mint (per notify)`, minMed(burst.cold, 3)], w2));
+say(pad([`  the same ${BURST} again, token in memory (per notify)`, minMed(burst.warm, 3)], w2));
+say(pad([`  slowest of the ${BURST}, ms: first burst / second`, `${fmt(median(burst.coldMax), 0)} / ${fmt(median(burst.warmMax), 0)}`], w2));
 say(`(a mint's figure includes its KV read (a miss) and KV write, and for FCM the fetch to the token endpoint;`);
-say(` ${MINTS_PER_REP} new apps per run, one key each)`);
+say(` ${MINTS_PER_REP} new apps per run, one key each. The burst's token endpoint answers after ${ROUND_TRIP_MS} ms; token`);
+say(` requests per burst: ${burst.mints.join(", ")})`);
 say();
 say(pad(["start and bundle", ""], w2));
 say("-".repeat(w2[0] + w2[1] + 2));

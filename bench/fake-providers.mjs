@@ -3,16 +3,50 @@
 // answer is immediate, so the bench measures the worker and not the fake.
 // They only count requests per kind, so the bench can tell a warm token from
 // a minted one (`counts.token`).
+//
+// With `delayMs`, every answer waits that long, as APNs and FCM do from most
+// places; `inFlight` then tells how many requests the worker has open at
+// the provider (now, the most seen, and its time-weighted mean).
 
 import http from "node:http";
+import { performance } from "node:perf_hooks";
 import { listenLocally } from "../tests/fakes/common.mjs";
 
-export async function startFakeProviders() {
+export async function startFakeProviders({ delayMs = 0 } = {}) {
   const counts = { apns: 0, token: 0, fcm: 0, other: 0 };
   let serial = 0;
+  const inFlight = {
+    now: 0,
+    max: 0,
+    area: 0,
+    since: performance.now(),
+    last: performance.now(),
+    /** Start a new window: the mean and the most are of what follows. */
+    reset() {
+      this.max = this.now;
+      this.area = 0;
+      this.since = performance.now();
+      this.last = this.since;
+    },
+    mean() {
+      this.step(0);
+      const span = this.last - this.since;
+      return span > 0 ? this.area / span : 0;
+    },
+    step(delta) {
+      const t = performance.now();
+      this.area += this.now * (t - this.last);
+      this.last = t;
+      this.now += delta;
+      this.max = Math.max(this.max, this.now);
+    },
+  };
   const server = http.createServer((req, res) => {
+    inFlight.step(1);
     req.resume();
-    req.on("end", () => {
+    req.on("end", () => (delayMs > 0 ? setTimeout(answer, delayMs) : answer()));
+    const answer = () => {
+      inFlight.step(-1);
       const path = req.url ?? "";
       if (path.startsWith("/3/device/")) {
         counts.apns += 1;
@@ -33,9 +67,9 @@ export async function startFakeProviders() {
         res.writeHead(404);
         res.end();
       }
-    });
+    };
   });
   server.keepAliveTimeout = 60_000;
   const { origin, close } = await listenLocally(server, "fake providers");
-  return { origin, counts, close };
+  return { origin, counts, inFlight, close };
 }

@@ -2,11 +2,21 @@
 // answer. Any worker that relays a push pays at least this, so edgepush's
 // CPU per notify is reported as a multiple of it.
 // `?fetches=2` and `?kv` (a KV read that misses, then a write) price the
-// extra subrequests of a mint, so the bench can tell signing from I/O.
+// extra subrequests of a mint, so the bench can tell signing from I/O;
+// `?log=N` writes N lines like edgepush's per-notify line, pricing the log.
+const LINE = JSON.stringify({
+  msg: "notify",
+  request_id: "0123456789abcdef",
+  status: 200,
+  ms: 1,
+  devices: [{ app_id: "org.example.bench.ios", pushkey: "abcdef…", provider: "apns", outcome: "delivered", status: 200, tries: 1, token: "memory", ms: 1 }],
+});
+
 export default {
   async fetch(request, env) {
     const body = await request.arrayBuffer();
     const query = new URL(request.url).searchParams;
+    for (let i = 0; i < Number(query.get("log") ?? 0); i++) console.log(LINE);
     if (query.has("kv")) {
       const key = `bench:${crypto.randomUUID()}`;
       await env.TOKENS.get(key);
