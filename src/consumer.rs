@@ -348,6 +348,9 @@ impl<T: Transport> Transport for Metered<'_, T> {
     async fn over_rate_limit(&self, key: &str) -> bool {
         self.inner.over_rate_limit(key).await
     }
+    fn limits_rate(&self) -> bool {
+        self.inner.limits_rate()
+    }
     fn deferral(&self) -> Option<&DeferredSettings> {
         self.inner.deferral()
     }

@@ -83,7 +83,7 @@ impl<'a, T: Transport> Dispatcher<'a, T> {
             }
         };
         report.provider = app.provider();
-        if self.transport.over_rate_limit(&rate_limit_key(&d.app_id, d.pushkey.as_str())).await {
+        if self.transport.limits_rate() && self.transport.over_rate_limit(&rate_limit_key(&d.app_id, d.pushkey.as_str())).await {
             report.rate_limited = true;
             return settle(report, Verdict::transient("over the per-pushkey rate limit; not sent"), Some(entry));
         }
@@ -460,6 +460,8 @@ mod dispatch_tests {
         answered: RefCell<Vec<String>>,
         /// Rate limiter keys over their limit.
         over_limit: RefCell<Vec<String>>,
+        /// No limiter bound: `limits_rate` says so.
+        no_limiter: Cell<bool>,
     }
 
     impl FakeTransport {
@@ -514,6 +516,9 @@ mod dispatch_tests {
         }
         async fn over_rate_limit(&self, key: &str) -> bool {
             self.over_limit.borrow().iter().any(|k| k == key)
+        }
+        fn limits_rate(&self) -> bool {
+            !self.no_limiter.get()
         }
     }
 
@@ -840,6 +845,11 @@ mod dispatch_tests {
         // The key names the device without carrying its pushkey.
         let key = rate_limit_key("com.example.ios", "flood");
         assert!(!key.contains("flood") && key != rate_limit_key("com.example.io", "sflood"));
+
+        // A transport without a limiter is not asked: the device is sent.
+        t.no_limiter.set(true);
+        let (answer, _) = run(&t, &TokenCache::default(), &notification(&[("com.example.ios", "flood")]));
+        assert_eq!((answer.status, t.sent_to("flood")), (200, 1));
     }
 
     #[test]

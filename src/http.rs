@@ -172,6 +172,10 @@ impl Transport for WorkerTransport<'_> {
         }))
     }
 
+    fn limits_rate(&self) -> bool {
+        self.limiter().is_some()
+    }
+
     async fn over_rate_limit(&self, key: &str) -> bool {
         let Some((limit, binding)) = self.limiter() else { return false };
         let options = Object::new();

@@ -169,7 +169,7 @@ impl Notification {
 /// `max_devices` bounds the `devices` array: more is `M_TOO_LARGE`.
 pub fn parse_notify(body: &[u8], max_devices: usize) -> Result<Notification, ApiError> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::NotJson("body is not UTF-8".into()))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    let mut value: Value = serde_json::from_str(text).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::NotJson(e.to_string())
         } else {
@@ -177,15 +177,17 @@ pub fn parse_notify(body: &[u8], max_devices: usize) -> Result<Notification, Api
         }
     })?;
     let root = value
-        .as_object()
+        .as_object_mut()
         .ok_or_else(|| ApiError::BadJson("the body must be a JSON object".into()))?;
-    let n = match root.get("notification") {
+    // Taken apart rather than copied: what is left of `notification` once
+    // `devices` is taken out is `raw_without_devices`.
+    let mut n = match root.remove("notification") {
         Some(Value::Object(n)) => n,
         Some(_) => return Err(bad("notification", "must be an object")),
         None => return Err(bad("notification", "is required")),
     };
 
-    let devices_raw = match n.get("devices") {
+    let devices_raw = match n.remove("devices") {
         Some(Value::Array(d)) if d.is_empty() => return Err(bad("notification.devices", "must not be empty")),
         Some(Value::Array(d)) => d,
         Some(_) => return Err(bad("notification.devices", "must be an array")),
@@ -198,29 +200,26 @@ pub fn parse_notify(body: &[u8], max_devices: usize) -> Result<Notification, Api
         )));
     }
     let devices = devices_raw
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, d)| parse_device(i, d))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut raw_without_devices = n.clone();
-    raw_without_devices.remove("devices");
-
     Ok(Notification {
-        event_id: opt_id(n, "event_id", "notification.event_id")?,
-        room_id: opt_id(n, "room_id", "notification.room_id")?,
-        event_type: opt_id(n, "type", "notification.type")?,
-        sender: opt_id(n, "sender", "notification.sender")?,
-        sender_display_name: opt_string(n, "sender_display_name", "notification.sender_display_name")?,
-        room_name: opt_string(n, "room_name", "notification.room_name")?,
-        room_alias: opt_id(n, "room_alias", "notification.room_alias")?,
-        membership: opt_string(n, "membership", "notification.membership")?,
-        user_is_target: opt_bool(n, "user_is_target", "notification.user_is_target")?,
+        event_id: opt_id(&n, "event_id", "notification.event_id")?,
+        room_id: opt_id(&n, "room_id", "notification.room_id")?,
+        event_type: opt_id(&n, "type", "notification.type")?,
+        sender: opt_id(&n, "sender", "notification.sender")?,
+        sender_display_name: opt_string(&n, "sender_display_name", "notification.sender_display_name")?,
+        room_name: opt_string(&n, "room_name", "notification.room_name")?,
+        room_alias: opt_id(&n, "room_alias", "notification.room_alias")?,
+        membership: opt_string(&n, "membership", "notification.membership")?,
+        user_is_target: opt_bool(&n, "user_is_target", "notification.user_is_target")?,
         prio: parse_prio(n.get("prio"))?,
-        content: opt_object(n, "content", "notification.content")?.cloned(),
+        content: opt_object(&n, "content", "notification.content")?.cloned(),
         counts: parse_counts(n.get("counts"))?,
         devices,
-        raw_without_devices,
+        raw_without_devices: n,
     })
 }
 
@@ -268,6 +267,15 @@ fn opt_object<'a>(
     }
 }
 
+/// `opt_object`, moved out of `obj`; absent or null is empty.
+fn take_object(obj: &mut Map<String, Value>, key: &str, field: &str) -> Result<Map<String, Value>, ApiError> {
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m),
+        Some(_) => Err(bad(field, "must be an object")),
+    }
+}
+
 fn parse_prio(v: Option<&Value>) -> Result<Prio, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(Prio::High),
@@ -297,18 +305,19 @@ fn parse_counts(v: Option<&Value>) -> Result<Counts, ApiError> {
     Ok(Counts { unread: count("unread")?, missed_calls: count("missed_calls")? })
 }
 
-fn parse_device(index: usize, v: &Value) -> Result<Device, ApiError> {
+/// One device, taken apart (its strings and maps move into the `Device`).
+fn parse_device(index: usize, v: Value) -> Result<Device, ApiError> {
     let field = |name: &str| format!("notification.devices[{index}].{name}");
-    let d = v
-        .as_object()
-        .ok_or_else(|| bad(&format!("notification.devices[{index}]"), "must be an object"))?;
-    let app_id = match d.get("app_id") {
-        Some(Value::String(s)) => s.clone(),
+    let Value::Object(mut d) = v else {
+        return Err(bad(&format!("notification.devices[{index}]"), "must be an object"));
+    };
+    let app_id = match d.remove("app_id") {
+        Some(Value::String(s)) => s,
         Some(_) => return Err(bad(&field("app_id"), "must be a string")),
         None => return Err(bad(&field("app_id"), "is required")),
     };
-    let pushkey = match d.get("pushkey") {
-        Some(Value::String(s)) => Pushkey(s.clone()),
+    let pushkey = match d.remove("pushkey") {
+        Some(Value::String(s)) => Pushkey(s),
         Some(_) => return Err(bad(&field("pushkey"), "must be a string")),
         None => return Err(bad(&field("pushkey"), "is required")),
     };
@@ -320,8 +329,8 @@ fn parse_device(index: usize, v: &Value) -> Result<Device, ApiError> {
         ),
         Some(_) => return Err(bad(&field("pushkey_ts"), "must be an integer")),
     };
-    let data = opt_object(d, "data", &field("data"))?.cloned().unwrap_or_default();
-    let tweaks_raw = opt_object(d, "tweaks", &field("tweaks"))?.cloned().unwrap_or_default();
+    let data = take_object(&mut d, "data", &field("data"))?;
+    let tweaks_raw = take_object(&mut d, "tweaks", &field("tweaks"))?;
     let tweaks = Tweaks {
         sound: opt_string(&tweaks_raw, "sound", &field("tweaks.sound"))?,
         highlight: opt_bool(&tweaks_raw, "highlight", &field("tweaks.highlight"))?,

@@ -44,6 +44,11 @@ pub trait Transport {
     async fn over_rate_limit(&self, _key: &str) -> bool {
         false
     }
+    /// Whether `over_rate_limit` can say yes at all: without a limiter the
+    /// dispatcher does not hash each device into its key.
+    fn limits_rate(&self) -> bool {
+        true
+    }
     /// The deferred-delivery knobs when a queue is bound (`DEFERRED_QUEUE`):
     /// devices still transient after their tries are then handed to it
     /// (`crate::deferred`). `None`: no queue, nothing is deferred.
@@ -109,6 +114,9 @@ impl<T: Transport> Transport for Budgeted<'_, T> {
     }
     async fn over_rate_limit(&self, key: &str) -> bool {
         self.inner.over_rate_limit(key).await
+    }
+    fn limits_rate(&self) -> bool {
+        self.inner.limits_rate()
     }
     fn deferral(&self) -> Option<&DeferredSettings> {
         self.inner.deferral()

@@ -371,11 +371,15 @@ pub fn payload<'a>(n: &Notification, d: &Device, style: Style, app_push_type: &'
         }
         payload
     };
-    let shows = push_type != BACKGROUND && shows_something(&build(default_payload));
+    let unbounded = build(default_payload);
+    let shows = push_type != BACKGROUND && shows_something(&unbounded);
+    // The first fit is of the payload just built (with `default_payload`);
+    // only a payload too big for it is built again without.
+    let first = std::cell::Cell::new(Some(unbounded));
     let bytes = fit_blaming_default_payload(
         default_payload,
         |default_payload| {
-            let unbounded = build(default_payload);
+            let unbounded = first.take().unwrap_or_else(|| build(default_payload));
             Fit { max_bytes: MAX_PAYLOAD_BYTES, texts: alert_texts(&unbounded), droppable: &[] }.apply(unbounded)
         },
         "an APNs payload (4096 bytes)",

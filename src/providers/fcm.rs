@@ -409,7 +409,7 @@ impl DataBuilder {
         if is_reserved_data_key(key) {
             return;
         }
-        let value = truncate_utf8(&value, MAX_DATA_VALUE_BYTES);
+        let value = if value.len() > MAX_DATA_VALUE_BYTES { truncate_utf8(&value, MAX_DATA_VALUE_BYTES) } else { value };
         self.entries.insert(key.to_string(), (value, keep));
     }
 
