@@ -245,12 +245,13 @@ const workloads = [
 ];
 const [jsFloor, rustFloor] = workloads;
 
-/** Run `points` (workload, concurrency) REPS times, each repetition in a turned order. */
-async function measure(label, points, seconds) {
+/** Run `points` (workload, concurrency) REPS times, each repetition in a turned order; the token mints meanwhile. */
+async function measure(label, points, seconds, provider) {
   for (const w of new Set(points.map((p) => p.w))) {
     progress(`warming up: ${w.name}`);
     await batch(w.instance, w.body, 16, Math.min(1, seconds));
   }
+  const tokensBefore = provider.counts.token;
   for (let rep = 0; rep < REPS; rep++) {
     progress(`${label}: rep ${rep + 1}/${REPS}`);
     for (let k = 0; k < points.length; k++) {
@@ -258,14 +259,13 @@ async function measure(label, points, seconds) {
       p.w.results[p.c].push(await batch(p.w.instance, p.w.body, p.c, seconds));
     }
   }
+  return provider.counts.token - tokensBefore;
 }
 
 /** Each concurrency's workloads next to each other. */
 const grid = (ws, cs) => cs.flatMap((c) => ws.map((w) => ({ w, c })));
 for (const w of workloads) w.results = Object.fromEntries(CONCURRENCIES.map((c) => [c, []]));
-const tokensBeforeWarm = fake.counts.token;
-await measure("warm", grid(workloads, CONCURRENCIES), SECONDS);
-const warmMints = fake.counts.token - tokensBeforeWarm;
+const warmMints = await measure("warm", grid(workloads, CONCURRENCIES), SECONDS, fake);
 
 // A realistic round trip: the providers answer after ROUND_TRIP_MS.
 progress("round trip points");
@@ -284,7 +284,7 @@ const roundTrip = [
 for (const w of roundTrip) w.results = Object.fromEntries(ROUND_TRIP_CONCURRENCIES.map((c) => [c, []]));
 batchHooks.before = () => slow.inFlight.reset();
 batchHooks.after = (r) => Object.assign(r, { inFlightMean: slow.inFlight.mean(), inFlightMax: slow.inFlight.max });
-await measure("round trip", grid(roundTrip, ROUND_TRIP_CONCURRENCIES), SECONDS);
+const roundTripMints = await measure("round trip", grid(roundTrip, ROUND_TRIP_CONCURRENCIES), SECONDS, slow);
 batchHooks.before = batchHooks.after = undefined;
 
 // A fresh isolate's first notifies all at once, with the token endpoint as
@@ -375,11 +375,12 @@ const perRun = (rs, refs, f) => rs.map((r, i) => f(r) / f(refs[i]));
 say(`each point: ${REPS} runs of ${SECONDS} s (closed loop, c clients), the workloads of one c run next to each other;`);
 say(`req/s is "median / max" over the runs; p50 and p99 are of all the runs' requests together; CPU = the workerd`);
 say(`process's utime+stime per request, "min / median" over the runs; "x floor" divides each run by the floor's run`);
-say(`next to it ("min / median"); "p99 x floor" divides the pooled p99s; load = 1-min loadavg over the runs`);
+say(`next to it ("min / median"); "p99 x floor" divides the pooled p99s, "p99/50" is the tail's shape; load = 1-min`);
+say(`loadavg over the runs`);
 say();
-const widths = [37, 4, 12, 8, 8, 11, 14, 13, 13, 10];
+const widths = [35, 4, 11, 8, 8, 7, 11, 14, 13, 13, 10];
 const header = (title, extra = "x JS floor") =>
-  [pad([title, "c", "req/s", "p50 ms", "p99 ms", "p99 x floor", "CPU ms/req", extra, "x Rust floor", "load"], widths), "-".repeat(widths.reduce((x, y) => x + y + 2, -2))];
+  [pad([title, "c", "req/s", "p50 ms", "p99 ms", "p99/50", "p99 x floor", "CPU ms/req", extra, "x Rust floor", "load"], widths), "-".repeat(widths.reduce((x, y) => x + y + 2, -2))];
 function rows(ws, cs, refJs, refRs, extra) {
   for (const w of ws) {
     for (const c of cs) {
@@ -389,7 +390,7 @@ function rows(ws, cs, refJs, refRs, extra) {
       const cpuJs = w === refJs ? "1" : minMed(perRun(rs, refJs.results[c], (r) => r.cpuMs), 2);
       const cpuRs = w === refJs ? "" : w === refRs ? "1" : minMed(perRun(rs, refRs.results[c], (r) => r.cpuMs), 2);
       say(pad([c === cs[0] ? w.name : "", c, medMax(rs.map((r) => r.rps), 0), fmt(pct(lat, 0.5), 2), fmt(pct(lat, 0.99), 2),
-        w === refJs ? "1" : fmt(p99Ratio, 2), minMed(rs.map((r) => r.cpuMs), 3), extra ? extra(w, c) : cpuJs, cpuRs,
+        fmt(pct(lat, 0.99) / pct(lat, 0.5), 1), w === refJs ? "1" : fmt(p99Ratio, 2), minMed(rs.map((r) => r.cpuMs), 3), extra ? extra(w, c) : cpuJs, cpuRs,
         loadRange(rs.map((r) => r.load))], widths));
     }
   }
@@ -405,13 +406,19 @@ say();
 const inFlight = (w, c) => `${fmt(median(w.results[c].map((r) => r.inFlightMean)), 1)} / ${Math.max(...w.results[c].map((r) => r.inFlightMax))}`;
 for (const line of header(`round trip ${ROUND_TRIP_MS} ms`, "in flight")) say(line);
 rows(roundTrip, ROUND_TRIP_CONCURRENCIES, roundTrip[0], roundTrip[1], inFlight);
-say(`(x Rust floor is CPU per request over the Rust floor's, as above)`);
+say(`(x Rust floor is CPU per request over the Rust floor's, as above. Token mints during the runs: ${roundTripMints}.`);
+say(` One isolate's ceiling on this machine is 1 / its CPU per request (at c=${ROUND_TRIP_CONCURRENCIES.at(-1)}); at ${ROUND_TRIP_MS} ms per answer it then`);
+say(` carries that rate x ${ROUND_TRIP_MS / 1000} s in flight:`);
+const ceiling = (w) => {
+  const cpu = median(w.results[ROUND_TRIP_CONCURRENCIES.at(-1)].map((r) => r.cpuMs));
+  return `${w.name}: ${fmt(1000 / cpu, 0)}/s, ${fmt((1000 / cpu) * (ROUND_TRIP_MS / 1000), 0)} in flight`;
+};
+say(`  ${roundTrip.map(ceiling).join("; ")})`);
 say();
-const w2 = [56, 19];
+const w2 = [60, 19];
 say(pad(["cold paths (CPU from schedstat, ms)", "min / median"], w2));
 say("-".repeat(w2[0] + w2[1] + 2));
-say(pad(["ES256 mint (in wasm, RFC 6979): APNs notify to a new key", minMed(apnsMintDelta, 3)], w2));
-say(pad(["  - warm APNs notify", ""], w2));
+say(pad(["ES256 mint (in wasm, RFC 6979): new APNs key - warm notify", minMed(apnsMintDelta, 3)], w2));
 say(pad(["RS256 mint (WebCrypto) + OAuth exchange: the same for FCM", minMed(fcmMintDelta, 3)], w2));
 say(pad(["  floor's KV miss + KV write (floor ?kv - floor)", fmt(kvCost, 3)], w2));
 say(pad(["  floor's one more fetch (floor ?fetches=2 - floor)", fmt(fetchCost, 3)], w2));
