@@ -59,12 +59,7 @@ async function start(build) {
   const mf = new Miniflare(convertV4MiniflareOptions({
     modules: true,
     compatibilityDate: COMPATIBILITY_DATE,
-    // Logs structured as in production, drained unread (as in bench.mjs).
-    structuredWorkerdLogs: true,
-    handleRuntimeStdio: (stdout, stderr) => {
-      stdout.resume();
-      stderr.resume();
-    },
+    handleStructuredLogs: () => {},
     ...options,
   }));
   const url = (await mf.ready).origin;

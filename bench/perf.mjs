@@ -10,14 +10,14 @@
 //   (a builddir named floor* is a build of the Rust floor, bench/floor-rs)
 //   PERF_TOP=40   rows per table
 //
-// Build with `strip = false` (CARGO_PROFILE_RELEASE_STRIP=false) to keep
-// the wasm's function names. Needs `perf` and root (or a low
-// kernel.perf_event_paranoid).
+// Profile a build made by `worker-build --release` alone: it keeps the wasm's
+// function names, which scripts/build then strips with wasm-opt. Needs
+// `perf` and root (or a low kernel.perf_event_paranoid).
 
 import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { Miniflare } from "miniflare";
+import { Miniflare, convertV4MiniflareOptions } from "miniflare";
 import { COMPATIBILITY_DATE, NOTIFY } from "../tests/integration/harness.mjs";
 import {
   ANDROID, IOS, apnsPushkey, benchApps, benchKeys, buildOptions, device, floorOptions, notifyBody, rustFloorOptions, workerdChildren,
@@ -36,16 +36,12 @@ const { apps, secrets } = benchApps(fake.origin, benchKeys());
 const upstream = `${fake.origin}/3/device/perf`;
 process.env.MINIFLARE_WORKERD_V8_FLAGS = `${process.env.MINIFLARE_WORKERD_V8_FLAGS ?? ""} --perf-basic-prof`.trim();
 const before = new Set(workerdChildren());
-const mf = new Miniflare({
+const mf = new Miniflare(convertV4MiniflareOptions({
   modules: true,
   compatibilityDate: COMPATIBILITY_DATE,
-  structuredWorkerdLogs: true,
-  handleRuntimeStdio: (stdout, stderr) => {
-    stdout.resume();
-    stderr.resume();
-  },
+  handleStructuredLogs: () => {},
   ...(dirArg === "floor" ? floorOptions(upstream) : isFloor ? rustFloorOptions(upstream, dir) : buildOptions(dir, apps, secrets)),
-});
+}));
 await mf.ready;
 const [pid] = workerdChildren().filter((p) => !before.has(p));
 const body = notifyBody([which === "fcm" ? device(ANDROID, `bench-fcm-${"x".repeat(80)}`) : device(IOS, apnsPushkey())]);

@@ -14,8 +14,8 @@
 // longest run of samples (a GC pause), and the longest stretches the isolate
 // stayed busy without a break: what a request that arrives meanwhile waits.
 //
-// Build with `strip = false` in Cargo.toml's release profile so the wasm
-// keeps its function names.
+// Profile a build made by `worker-build --release` alone: it keeps the wasm's
+// function names, which scripts/build then strips with wasm-opt.
 
 import path from "node:path";
 import { Miniflare, convertV4MiniflareOptions } from "miniflare";
@@ -37,11 +37,7 @@ const inspectorPort = 9230 + Math.floor(Math.random() * 500);
 const mf = new Miniflare(convertV4MiniflareOptions({
   modules: true,
   compatibilityDate: COMPATIBILITY_DATE,
-  structuredWorkerdLogs: true,
-  handleRuntimeStdio: (stdout, stderr) => {
-    stdout.resume();
-    stderr.resume();
-  },
+  handleStructuredLogs: () => {},
   inspectorPort,
   ...(dirArg === "floor"
     ? floorOptions(`${origin}/3/device/prof`)
