@@ -8,7 +8,8 @@
 // copy of build/ made after building a variant in a copy of the repository
 // (see bench/README.md). A name starting with `floor` runs bench/floor.mjs
 // (or the .mjs file given as its dir, or the Rust floor when its dir is a
-// build of bench/floor-rs); `floorkv` requests `/?kv`, `floorlog1` `/?log=1`.
+// build of bench/floor-rs); `floorkv` requests `/?kv`, `floorlog1` `/?log=1`,
+// `floorrs?timeout` `/?timeout` (the Rust floor's options, bench/floor-rs/lib.rs).
 // AB_ROUNDS (default 5) rounds; AB_N (default 400) requests per sample;
 // AB_POINTS (default apns:1,apns:16,fcm:1,fcm:16) the warm points;
 // AB_FRESH (default 4) fresh processes per cold point; AB_CL=1 posts over
@@ -45,8 +46,11 @@ const { apps, secrets } = benchApps(origin, benchKeys());
 const apnsBody = notifyBody([device(IOS, apnsPushkey())]);
 const fcmBody = notifyBody([device(ANDROID, fcmPushkey())]);
 
-/** `floorkv` requests `/?kv`, `floorlog2` `/?log=2`, any other floor `/`. */
-const floorPath = (name) => (name.endsWith("kv") ? "/?kv" : /log(\d+)$/.test(name) ? `/?log=${name.match(/log(\d+)$/)[1]}` : "/");
+/** `floor?x&y` requests `/?x&y`, `floorkv` `/?kv`, `floorlog2` `/?log=2`, any other floor `/`. */
+const floorPath = (name) =>
+  name.includes("?")
+    ? `/?${name.split("?")[1]}`
+    : name.endsWith("kv") ? "/?kv" : /log(\d+)$/.test(name) ? `/?log=${name.match(/log(\d+)$/)[1]}` : "/";
 
 async function start(build) {
   const before = new Set(workerdChildren());

@@ -2,28 +2,78 @@
 //! fetch to `UPSTREAM`, answer `{"rejected":[]}`) through the same calls as
 //! edgepush's shell (`web_sys` types, the body read by hand, the static
 //! `fetch`). Nothing else: no parsing, no timeout, no log.
+//!
+//! The query adds, one by one, what edgepush's shell asks of the runtime
+//! beyond that, so the bench can price each (bench/README.md):
+//! `timeout` (an AbortController and a timer raced against the exchange, as
+//! `http.rs` bounds a send), `headers` (the four more request headers of an
+//! APNs send), `reader` (the answer read through a stream reader, as
+//! `http.rs` caps it, instead of `arrayBuffer`), `log` (one line the size of
+//! the notify line), `clock` (the nine more `Date.now()` a notify reads), or
+//! `all` of them.
 
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
 use worker::js_sys::{self, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::web_sys::{self, WorkerGlobalScope};
-use worker::{event, Context, Env, Result};
+use worker::web_sys::{self, AbortController, RequestRedirect, WorkerGlobalScope};
+use worker::{console_log, event, Context, Delay, Env, Result};
+
+/// A line like edgepush's per-notify log line.
+const LINE: &str = r#"{"msg":"notify","request_id":"0123456789abcdef","status":200,"ms":1,"devices":[{"app_id":"org.example.bench.ios","pushkey":"abcdef…","provider":"apns","outcome":"delivered","status":200,"tries":1,"token":"memory","ms":1}]}"#;
 
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<web_sys::Response> {
+    let url = req.url();
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let with = |feature: &str| query.split('&').any(|f| f == feature || f == "all");
     let body = read_body(req).await?;
     let upstream = env.var("UPSTREAM")?.to_string();
+    if with("clock") {
+        for _ in 0..9 {
+            std::hint::black_box(js_sys::Date::now());
+        }
+    }
 
     let headers = web_sys::Headers::new()?;
     headers.set("content-type", "application/json")?;
+    if with("headers") {
+        headers.set("apns-topic", "org.example.bench")?;
+        headers.set("apns-push-type", "alert")?;
+        headers.set("apns-priority", "10")?;
+        headers.set("authorization", &format!("bearer {}", "x".repeat(180)))?;
+    }
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_headers_headers(&headers);
     init.set_body(&Uint8Array::from(body.as_slice()));
     let global: WorkerGlobalScope = js_sys::global().unchecked_into();
-    let response: web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&upstream, &init)).await?.dyn_into()?;
-    let answer = Uint8Array::new(&JsFuture::from(response.array_buffer()?).await?).to_vec();
-    let ok = response.ok() && answer.len() < 1 << 20;
+    let reader = with("reader");
+    let exchange = async {
+        let response: web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&upstream, &init)).await?.dyn_into()?;
+        let answer = if reader { read_stream(response.body()).await? } else { Uint8Array::new(&JsFuture::from(response.array_buffer()?).await?).to_vec() };
+        Ok::<_, worker::Error>((response.ok(), answer))
+    };
+    let (ok, answer) = if with("timeout") {
+        init.set_redirect(RequestRedirect::Manual);
+        let controller = AbortController::new()?;
+        init.set_signal(Some(&controller.signal()));
+        match select(Box::pin(exchange), Delay::from(Duration::from_secs(10))).await {
+            Either::Left((result, _)) => result?,
+            Either::Right(_) => {
+                controller.abort();
+                (false, Vec::new())
+            }
+        }
+    } else {
+        exchange.await?
+    };
+    let ok = ok && answer.len() < 1 << 20;
+    if with("log") {
+        console_log!("{LINE}");
+    }
 
     let headers = web_sys::Headers::new()?;
     headers.set("content-type", "application/json")?;
@@ -35,8 +85,12 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<web_sys
 }
 
 async fn read_body(req: web_sys::Request) -> Result<Vec<u8>> {
+    read_stream(req.body()).await
+}
+
+async fn read_stream(stream: Option<web_sys::ReadableStream>) -> Result<Vec<u8>> {
     let mut body = Vec::new();
-    let Some(stream) = req.body() else { return Ok(body) };
+    let Some(stream) = stream else { return Ok(body) };
     let reader: web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
     let (done, value) = (JsValue::from_str("done"), JsValue::from_str("value"));
     loop {
