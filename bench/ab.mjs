@@ -104,8 +104,8 @@ const percentile = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(
 const cell = (xs) => `${Math.min(...xs).toFixed(3)} / ${median(xs).toFixed(3)}`;
 const table = (title, points, results, format = cell) => {
   console.log(`\n${title}`);
-  console.log(["build".padEnd(14), ...points.map((p) => p.padStart(20))].join(""));
-  for (const b of builds) console.log([b.name.padEnd(14), ...points.map((p) => format(results[b.name][p], b, p).padStart(20))].join(""));
+  console.log(["build".padEnd(14), ...points.map((p) => p.padStart(22))].join(""));
+  for (const b of builds) console.log([b.name.padEnd(14), ...points.map((p) => format(results[b.name][p], b, p).padStart(22))].join(""));
 };
 
 if (doWarm) {
