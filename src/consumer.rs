@@ -172,17 +172,8 @@ impl<T: Transport> Round<'_, T> {
 
         let metered = Metered { inner: self.transport, budget: self.budget, retry_after_secs: Cell::new(None) };
         let mut report = DeviceReport {
-            app_id: push.app_id.clone(),
-            pushkey: log.pushkey.clone(),
-            provider: "none",
             outcome: FinalOutcome::Transient,
-            status: None,
-            reason: String::new(),
-            tries: 0,
-            token: None,
-            ms: 0,
-            rate_limited: false,
-            retry_after_s: None,
+            ..DeviceReport::for_device(push.app_id.clone(), log.pushkey.clone())
         };
         let verdict = match (self.app_for(&push), push.prepared()) {
             (Err(verdict), _) => verdict,

@@ -37,9 +37,14 @@ impl DeviceReport {
     /// until a verdict replaces it: a report that somehow escaped one must
     /// never reject a pushkey.
     pub fn new(d: &Device) -> Self {
+        Self::for_device(d.app_id.clone(), d.pushkey.short())
+    }
+
+    /// The same, from the app id and the already shortened pushkey.
+    pub fn for_device(app_id: String, short_pushkey: String) -> Self {
         Self {
-            app_id: d.app_id.clone(),
-            pushkey: d.pushkey.short(),
+            app_id,
+            pushkey: short_pushkey,
             provider: "none",
             outcome: FinalOutcome::Failed,
             status: None,
