@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 use crate::apps::{AppEntry, Apps, Lookup};
 use crate::config::Settings;
 use crate::error::{ApiError, Reply};
+use crate::fingerprint;
 use crate::notify::{Device, Notification};
 use crate::providers::apns::{self, ApnsApp, Environment};
 use crate::providers::{App, Outcome, Prepared, Verdict, RETRY_AFTER_CAP};
@@ -327,9 +328,7 @@ pub fn backoff_ms(base_ms: u64, tries_so_far: u32, retry_after: Option<Duration>
 /// What the rate limiter counts: the device, hashed (the limiter's keys
 /// leave the worker; a pushkey never does).
 pub fn rate_limit_key(app_id: &str, pushkey: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    let digest = Sha256::new().chain_update(app_id).chain_update([0u8]).chain_update(pushkey).finalize();
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    fingerprint::hex(&fingerprint::fingerprint(&[app_id.as_bytes(), pushkey.as_bytes()]), 16)
 }
 
 /// `Retry-After` of a notify refused by the rate limit: the longest period a
