@@ -4,10 +4,11 @@ use std::cell::OnceCell;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use worker::js_sys::{self, Function, Object, Promise, Reflect, Uint8Array};
+use worker::js_sys::{self, Array, Function, Object, Promise, Reflect, Uint8Array};
+use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::web_sys::{self, AbortController, ReadableStreamDefaultReader, RequestRedirect, WorkerGlobalScope};
+use worker::web_sys;
 use worker::{Delay, Env, KvStore, MessageBuilder, Queue, QueueContentType};
 
 use crate::config::DeferredSettings;
@@ -105,39 +106,50 @@ pub async fn send_texts(queue: &Queue, messages: &[(String, u64)]) -> Result<(),
     Ok(())
 }
 
+/// `src/glue.js`: the loops and awaits over JS objects of a request, each one
+/// call from here (bench/README.md, "What was changed").
+#[wasm_bindgen(module = "/src/glue.js", wasm_bindgen = worker::wasm_bindgen, js_sys = worker::js_sys)]
+extern "C" {
+    #[wasm_bindgen(js_name = readBody)]
+    pub fn read_body(request: &web_sys::Request, max: f64) -> Promise;
+    fn exchange(url: &str, headers: &str, body: &[u8], timeout_ms: f64, cap: f64) -> Promise;
+    pub fn respond(status: u16, body: &str, retry_after_secs: f64) -> web_sys::Response;
+}
+
 impl WorkerTransport<'_> {
     /// `send`, with errors as workerd words them.
     async fn exchange(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
-        let headers = web_sys::Headers::new().map_err(describe)?;
+        // One string for all the headers: `name\nvalue\n...`.
+        let mut headers = String::new();
         for (name, value) in &request.headers {
-            headers.set(name, value).map_err(|e| format!("bad header {name}: {}", describe(e)))?;
-        }
-        let init = web_sys::RequestInit::new();
-        init.set_method("POST");
-        init.set_headers_headers(&headers);
-        init.set_body(&Uint8Array::from(request.body.as_slice()));
-        init.set_redirect(RequestRedirect::Manual);
-        let controller = AbortController::new().map_err(describe)?;
-        init.set_signal(Some(&controller.signal()));
-
-        let global: WorkerGlobalScope = js_sys::global().unchecked_into();
-        // The timeout bounds the whole exchange, body included: a provider
-        // that sends its headers and then stalls is as dead as a silent one.
-        let exchange = Box::pin(async {
-            let response = JsFuture::from(global.fetch_with_str_and_init(&request.url, &init)).await.map_err(describe)?;
-            read_response(response, request.answer_body).await
-        });
-        let timeout = Delay::from(Duration::from_millis(self.send_timeout_ms));
-        let (status, headers, body) = match select(exchange, timeout).await {
-            Either::Left((result, _)) => result?,
-            Either::Right(_) => {
-                controller.abort();
-                return Err(format!("no answer within {} ms", self.send_timeout_ms));
+            if name.contains('\n') || value.contains('\n') {
+                return Err(format!("bad header {name}: a newline in it"));
             }
+            headers.push_str(name);
+            headers.push('\n');
+            headers.push_str(value);
+            headers.push('\n');
+        }
+        let cap = match request.answer_body {
+            AnswerBody::Read => MAX_ANSWER_BYTES as f64,
+            AnswerBody::Cancel => -1.0,
         };
+        let answer = JsFuture::from(exchange(&request.url, &headers, &request.body, self.send_timeout_ms as f64, cap))
+            .await
+            .map_err(describe)?;
+        if let Some(error) = answer.as_string() {
+            return Err(if error == TIMED_OUT { format!("no answer within {} ms", self.send_timeout_ms) } else { error });
+        }
+        let answer: Array = answer.dyn_into().map_err(|_| "the exchange gave no answer".to_string())?;
+        let status = answer.get(0).as_f64().map_or(0, |s| s as u16);
+        let headers = answer.get(1).as_string().map(|v| vec![(RETRY_AFTER.to_string(), v)]).unwrap_or_default();
+        let body = answer.get(2).dyn_into::<Uint8Array>().map(|b| b.to_vec()).unwrap_or_default();
         Ok(ProviderResponse { status, headers, body })
     }
 }
+
+/// What `exchange` in `src/glue.js` resolves to when no answer came in time.
+const TIMED_OUT: &str = "timed out";
 
 impl Transport for WorkerTransport<'_> {
     /// Errors go into logs: any URL in them is cut to its origin.
@@ -252,60 +264,6 @@ impl Transport for WorkerTransport<'_> {
         if let Err(e) = result {
             // The token still works from memory; KV only shares it.
             worker::console_warn!("{{\"msg\":\"TOKENS write failed\",\"error\":{:?}}}", e.to_string());
-        }
-    }
-}
-
-/// Status, the headers the providers read, and the body of a fetch's
-/// answer: at most `MAX_ANSWER_BYTES` of it, or none (cancelled unread).
-async fn read_response(response: JsValue, answer_body: AnswerBody) -> Result<(u16, Vec<(String, String)>, Vec<u8>), String> {
-    let response: web_sys::Response = response.dyn_into().map_err(|_| "fetch did not return a Response".to_string())?;
-    let status = response.status();
-    let success = (200..300).contains(&status);
-    // `Retry-After` only matters on an error answer.
-    let retry_after = if success { None } else { response.headers().get(RETRY_AFTER).ok().flatten() };
-    let headers = retry_after.map(|v| vec![(RETRY_AFTER.to_string(), v)]).unwrap_or_default();
-    let Some(stream) = response.body() else {
-        return Ok((status, headers, Vec::new()));
-    };
-    if answer_body == AnswerBody::Cancel {
-        // Cancelling tells workerd to drop the connection's rest instead of
-        // buffering it; nothing waits for the endpoint to agree.
-        let _ = stream.cancel();
-        return Ok((status, headers, Vec::new()));
-    }
-    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
-    match read_capped(&reader, MAX_ANSWER_BYTES).await {
-        Ok(body) => Ok((status, headers, body)),
-        // A success whose body was cut off is no success (a token
-        // endpoint's answer without its token): retry it.
-        Err(e) if success => Err(format!("the answer was cut off: {}", describe(e))),
-        // An error status stands on its own; its unreadable reason is not needed.
-        Err(_) => Ok((status, headers, Vec::new())),
-    }
-}
-
-/// Read `reader` to its end or to `cap` bytes, whichever comes first; the
-/// rest of a longer stream is cancelled.
-async fn read_capped(reader: &ReadableStreamDefaultReader, cap: usize) -> Result<Vec<u8>, JsValue> {
-    let (done, value) = (JsValue::from_str("done"), JsValue::from_str("value"));
-    let mut body = Vec::new();
-    loop {
-        let chunk = JsFuture::from(reader.read()).await?;
-        if Reflect::get(&chunk, &done)?.is_truthy() {
-            return Ok(body);
-        }
-        let bytes: Uint8Array = Reflect::get(&chunk, &value)?.dyn_into()?;
-        let room = cap - body.len();
-        let take = (bytes.length() as usize).min(room);
-        let start = body.len();
-        body.resize(start + take, 0);
-        if let Some(slot) = body.get_mut(start..) {
-            bytes.subarray(0, take as u32).copy_to(slot);
-        }
-        if body.len() >= cap {
-            let _ = reader.cancel();
-            return Ok(body);
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::cell::OnceCell;
 use std::rc::Rc;
 
-use worker::js_sys::{self, Reflect, Uint8Array};
+use worker::js_sys::{self, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys;
@@ -96,16 +96,9 @@ async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<web_sys
 
 fn into_response(reply: &Reply) -> Result<web_sys::Response> {
     let body = serde_json::to_string(&reply.body)?;
-    let headers = web_sys::Headers::new()?;
-    headers.set("content-type", "application/json")?;
     // M_LIMIT_EXCEEDED carries `retry_after_ms`; HTTP clients read the header.
-    if let Some(ms) = reply.retry_after_ms() {
-        headers.set("retry-after", &ms.div_ceil(1000).to_string())?;
-    }
-    let init = web_sys::ResponseInit::new();
-    init.set_status(reply.status);
-    init.set_headers(&headers);
-    Ok(web_sys::Response::new_with_opt_str_and_init(Some(&body), &init)?)
+    let retry_after = reply.retry_after_ms().map_or(-1.0, |ms| ms.div_ceil(1000) as f64);
+    Ok(http::respond(reply.status, &body, retry_after))
 }
 
 async fn notify(req: web_sys::Request, env: &Env) -> Reply {
@@ -274,42 +267,14 @@ fn write_metrics(env: &Env, points: impl Iterator<Item = crate::metrics::DataPoi
     }
 }
 
-/// The body, read no further than `max` bytes. The bytes are counted even
-/// under a `content-length`: workerd passes one on beside
-/// `transfer-encoding: chunked`, so it may lie low. A body refused as too
-/// large is cancelled, so the runtime drops the rest of the upload instead
-/// of leaving it unread on the connection.
+/// The body, read no further than `max` bytes (`src/glue.js` counts them
+/// even under a `content-length`, and cancels a body refused as too large).
 async fn read_body(req: web_sys::Request, max: usize) -> std::result::Result<Vec<u8>, ApiError> {
-    let too_large = || ApiError::TooLarge(format!("the body is over {max} bytes"));
-    let unreadable = |e: JsValue| ApiError::BadJson(format!("could not read the body: {}", describe(e)));
-    let declared = req.headers().get("content-length").ok().flatten().and_then(|v| v.parse::<u64>().ok());
-    let mut body = Vec::new();
-    let Some(stream) = req.body() else {
-        return Ok(body);
-    };
-    if declared.is_some_and(|len| len > max as u64) {
-        let _ = stream.cancel();
-        return Err(too_large());
-    }
-    // The reader by hand: `worker::ByteStream` (wasm-streams) costs about
-    // 0.1 ms more CPU per request.
-    let reader: web_sys::ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
-    let (done, value) = (JsValue::from_str("done"), JsValue::from_str("value"));
-    loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(unreadable)?;
-        if Reflect::get(&chunk, &done).map_err(unreadable)?.is_truthy() {
-            return Ok(body);
-        }
-        let bytes: Uint8Array = Reflect::get(&chunk, &value).map_err(unreadable)?.dyn_into().map_err(unreadable)?;
-        let start = body.len();
-        let end = start + bytes.length() as usize;
-        if end > max {
-            let _ = reader.cancel();
-            return Err(too_large());
-        }
-        body.resize(end, 0);
-        if let Some(slot) = body.get_mut(start..end) {
-            bytes.copy_to(slot);
-        }
+    let body = JsFuture::from(http::read_body(&req, max as f64))
+        .await
+        .map_err(|e| ApiError::BadJson(format!("could not read the body: {}", describe(e))))?;
+    match body.dyn_into::<Uint8Array>() {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(_) => Err(ApiError::TooLarge(format!("the body is over {max} bytes"))),
     }
 }
