@@ -9,6 +9,7 @@
 //   node bench/perf.mjs <builddir|floor> [apns|fcm] [count] [c]
 //   (a builddir named floor* is a build of the Rust floor, bench/floor-rs)
 //   PERF_TOP=40   rows per table
+//   PERF_KIND=wasm  only the rows of the kinds matching this pattern
 //
 // Profile a build made by `worker-build --release` alone: it keeps the wasm's
 // function names, which scripts/build then strips with wasm-opt. Needs
@@ -116,6 +117,8 @@ for (const [k, n] of [...byCategory.entries()].sort((a, b) => b[1] - a[1])) {
 }
 console.log(`\ntop ${TOP} symbols:`);
 if (process.env.PERF_DSOS) console.log([...new Set(rows.map((r) => r.dso))].join(" "));
-for (const r of rows.slice(0, TOP)) {
+// PERF_KIND=wasm (a pattern) keeps the rows of the matching kinds.
+const kind = process.env.PERF_KIND ? new RegExp(process.env.PERF_KIND) : null;
+for (const r of rows.filter((r) => !kind || kind.test(category(r))).slice(0, TOP)) {
   console.log(`${usPer(r.samples).toFixed(1).padStart(8)}  ${r.share.toFixed(1).padStart(5)}%  ${category(r).padEnd(15)} ${r.sym.slice(0, 110)}`);
 }
