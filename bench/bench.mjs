@@ -101,7 +101,7 @@ async function batch(instance, body, concurrency, seconds) {
     Array.from({ length: concurrency }, async () => {
       while (performance.now() < deadline) {
         const sent = performance.now();
-        await post(instance.mf, body);
+        await post(instance.mf, body, instance.path);
         latencies.push(performance.now() - sent);
       }
     }),
@@ -234,14 +234,20 @@ for (let i = 0; i < 5; i++) mixed.push(device(IOS, apnsPushkey()), device(ANDROI
 const floorBody = notifyBody([device(IOS, apnsPushkey())]);
 const apnsBody = notifyBody([device(IOS, apnsPushkey())]);
 const fcmBody = notifyBody([device(ANDROID, fcmPushkey())]);
+// The gateway floors: the same workers asking also what any gateway keeping
+// edgepush's contract asks of the runtime (a send bounded by a timer, an
+// APNs request's headers, the answer read through a reader, one log line).
+const gateway = (instance, query) => ({ ...instance, path: `${NOTIFY}?${query}` });
 const workloads = [
   { name: "JS floor: read, 1 fetch, answer", instance: floor, body: floorBody },
   { name: "Rust/wasm floor: the same in wasm", instance: floorRs, body: floorBody },
+  { name: "JS gateway floor: + timeout, log...", instance: gateway(floor, "gateway"), body: floorBody },
+  { name: "Rust gateway floor: the same", instance: gateway(floorRs, "all"), body: floorBody },
   { name: "notify, 1 APNs device", instance: edgepush, body: apnsBody },
   { name: "notify, 1 FCM device", instance: edgepush, body: fcmBody },
   { name: "notify, 10 devices (5 APNs + 5 FCM)", instance: edgepush, body: notifyBody(mixed) },
 ];
-const [jsFloor, rustFloor] = workloads;
+const [jsFloor, rustFloor, jsGateway, rustGateway] = workloads;
 
 /** Run `points` (workload, concurrency) RUNS times, each round in a turned order; the token mints meanwhile. */
 async function measure(label, points, seconds, provider) {
@@ -376,10 +382,13 @@ say(`process's on-CPU time (schedstat) per request, "min / median" over the runs
 say(`next to it ("min / median"); "p99 x floor" is the median of each run's p99 over the JS floor's run next to it;`);
 say(`"p99/50" is the tail's shape (pooled); load = 1-min loadavg over the runs`);
 say();
-const widths = [35, 4, 11, 8, 8, 7, 11, 14, 13, 13, 10];
-const header = (title, extra = "x JS floor") =>
-  [pad([title, "c", "req/s", "p50 ms", "p99 ms", "p99/50", "p99 x floor", "CPU ms/req", extra, "x Rust floor", "load"], widths), "-".repeat(widths.reduce((x, y) => x + y + 2, -2))];
-function rows(ws, cs, refJs, refRs, extra) {
+const widths = [35, 4, 11, 8, 8, 7, 11, 14, 13, 13, 13, 13, 10];
+const header = (title, extra = "x JS floor", gateways = ["x JS gw", "x Rust gw"]) =>
+  [pad([title, "c", "req/s", "p50 ms", "p99 ms", "p99/50", "p99 x floor", "CPU ms/req", extra, "x Rust floor", ...gateways, "load"], widths.filter((_, i) => gateways.length > 0 || (i !== 10 && i !== 11))),
+    "-".repeat(widths.reduce((x, y) => x + y + 2, -2) - (gateways.length > 0 ? 0 : 30))];
+/** Each run's CPU over `ref`'s run next to it, "min / median"; "" for the floors themselves. */
+const cpuOver = (w, c, ref, floors) => (floors.includes(w) ? (w === ref ? "1" : "") : minMed(perRun(w.results[c], ref.results[c], (r) => r.cpuMs), 2));
+function rows(ws, cs, refJs, refRs, extra, gateways = []) {
   for (const w of ws) {
     for (const c of cs) {
       const rs = w.results[c];
@@ -391,20 +400,23 @@ function rows(ws, cs, refJs, refRs, extra) {
       const cpuRs = w === refJs ? "" : w === refRs ? "1" : minMed(perRun(rs, refRs.results[c], (r) => r.cpuMs), 2);
       say(pad([c === cs[0] ? w.name : "", c, medMax(rs.map((r) => r.rps), 0), fmt(pct(lat, 0.5), 2), fmt(pct(lat, 0.99), 2),
         fmt(pct(lat, 0.99) / pct(lat, 0.5), 1), w === refJs ? "1" : fmt(p99Ratio, 2), minMed(rs.map((r) => r.cpuMs), 3), extra ? extra(w, c) : cpuJs, cpuRs,
-        loadRange(rs.map((r) => r.load))], widths));
+        ...gateways.map((g) => cpuOver(w, c, g, [refJs, refRs, ...gateways])), loadRange(rs.map((r) => r.load))],
+        widths.filter((_, i) => gateways.length > 0 || (i !== 10 && i !== 11))));
     }
   }
 }
 for (const line of header("warm (tokens cached), instant fakes")) say(line);
-rows(workloads, CONCURRENCIES, jsFloor, rustFloor);
-say(`(the 10-device notify makes 10 fetches to the floors' 1. Token mints during the warm runs: ${warmMints}.`);
+rows(workloads, CONCURRENCIES, jsFloor, rustFloor, undefined, [jsGateway, rustGateway]);
+say(`(x JS gw / x Rust gw: CPU over the gateway floors', which ask of the runtime what any gateway keeping edgepush's contract`);
+say(` must: a send bounded by a timer, an APNs request's headers, the answer read through a reader, one log line per notify.`);
+say(` The 10-device notify makes 10 fetches to the floors' 1. Token mints during the warm runs: ${warmMints}.`);
 say(` stat vs schedstat CPU over all warm runs: ${(statTotal / 1000).toFixed(2)} s vs ${(schedTotal / 1000).toFixed(2)} s)`);
 say();
 say(`round trip: the fake providers answer after ${ROUND_TRIP_MS} ms; "in flight" is how many requests the isolate had open at`);
 say(`the provider at once (time-weighted mean / most), i.e. the notifies it carried`);
 say();
 const inFlight = (w, c) => `${fmt(median(w.results[c].map((r) => r.inFlightMean)), 1)} / ${Math.max(...w.results[c].map((r) => r.inFlightMax))}`;
-for (const line of header(`round trip ${ROUND_TRIP_MS} ms`, "in flight")) say(line);
+for (const line of header(`round trip ${ROUND_TRIP_MS} ms`, "in flight", [])) say(line);
 rows(roundTrip, ROUND_TRIP_CONCURRENCIES, roundTrip[0], roundTrip[1], inFlight);
 say(`(x Rust floor is CPU per request over the Rust floor's, as above. Token mints during the runs: ${roundTripMints}.`);
 say(` One isolate's ceiling on this machine is 1 / its CPU per request (at c=${ROUND_TRIP_CONCURRENCIES.at(-1)}); at ${ROUND_TRIP_MS} ms per answer it then`);

@@ -4,6 +4,10 @@
 // `?fetches=2` and `?kv` (a KV read that misses, then a write) price the
 // extra subrequests of a mint, so the bench can tell signing from I/O;
 // `?log=N` writes N lines like edgepush's per-notify line, pricing the log.
+// `?gateway` asks of the runtime what any gateway that keeps edgepush's
+// contract must (the Rust floor's `?all`, bench/floor-rs/lib.rs): the send
+// bounded by a timer and an AbortController, an APNs request's headers, the
+// answer read through a stream reader, the clock read, one log line.
 const LINE = JSON.stringify({
   msg: "notify",
   request_id: "0123456789abcdef",
@@ -22,6 +26,7 @@ export default {
       await env.TOKENS.get(key);
       await env.TOKENS.put(key, "x".repeat(500), { expirationTtl: 3600 });
     }
+    if (query.has("gateway")) return gateway(body, env);
     for (let i = 0; i < Number(query.get("fetches") ?? 1); i++) {
       const upstream = await fetch(env.UPSTREAM, { method: "POST", headers: { "content-type": "application/json" }, body });
       await upstream.arrayBuffer();
@@ -30,3 +35,36 @@ export default {
     return Response.json({ rejected: [] });
   },
 };
+
+const APNS_HEADERS = {
+  "content-type": "application/json",
+  "apns-topic": "org.example.bench",
+  "apns-push-type": "alert",
+  "apns-priority": "10",
+  authorization: `bearer ${"x".repeat(180)}`,
+};
+
+async function gateway(body, env) {
+  for (let i = 0; i < 9; i++) Date.now();
+  const controller = new AbortController();
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(resolve, 10_000, null);
+  });
+  const exchange = (async () => {
+    const upstream = await fetch(env.UPSTREAM, { method: "POST", headers: APNS_HEADERS, body, redirect: "manual", signal: controller.signal });
+    const reader = upstream.body.getReader();
+    let length = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      length += value.byteLength;
+    }
+    return upstream.ok && length < 1 << 20;
+  })();
+  const ok = await Promise.race([exchange, timeout]);
+  if (ok === null) controller.abort();
+  else clearTimeout(timer);
+  console.log(LINE);
+  return ok ? Response.json({ rejected: [] }) : Response.json({ upstream: "failed" }, { status: 502 });
+}
