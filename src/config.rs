@@ -23,11 +23,33 @@ pub struct Settings {
     /// Provider requests (sends and token fetches) one notify may make: the
     /// Workers Free plan allows 50 subrequests per request.
     pub max_subrequests: u32,
+    /// Which notifies get their log line (`LOG_NOTIFIES`, design §14.1).
+    pub log_notifies: LogNotifies,
+}
+
+/// `LOG_NOTIFIES`: a line for every notify, or only for those with something
+/// to look at (design §14.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogNotifies {
+    #[default]
+    All,
+    /// Not a notify answered 200 whose every device was delivered at its
+    /// first try: a refusal, a rejection, a retry, a deferral, a rate limit
+    /// or an error answer is still logged.
+    Problems,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { max_body_bytes: 65536, max_devices: 20, send_timeout_ms: 10_000, retry_base_ms: 200, max_tries: 3, max_subrequests: 50 }
+        Self {
+            max_body_bytes: 65536,
+            max_devices: 20,
+            send_timeout_ms: 10_000,
+            retry_base_ms: 200,
+            max_tries: 3,
+            max_subrequests: 50,
+            log_notifies: LogNotifies::All,
+        }
     }
 }
 
@@ -68,6 +90,11 @@ impl Settings {
         if s.send_timeout_ms > MAX_SEND_TIMEOUT_MS {
             warnings.push(format!("SEND_TIMEOUT_MS={} is over {MAX_SEND_TIMEOUT_MS}; using {MAX_SEND_TIMEOUT_MS}", s.send_timeout_ms));
             s.send_timeout_ms = MAX_SEND_TIMEOUT_MS;
+        }
+        match var("LOG_NOTIFIES").as_deref().map(str::trim) {
+            None | Some("all") => {}
+            Some("problems") => s.log_notifies = LogNotifies::Problems,
+            Some(other) => warnings.push(format!("LOG_NOTIFIES={other:?} is neither \"all\" nor \"problems\"; using \"all\"")),
         }
         (s, warnings)
     }
@@ -544,6 +571,11 @@ mod tests {
         assert_eq!(s.max_tries, 3);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("MAX_TRIES"));
+        for (raw, expected, warned) in [("all", LogNotifies::All, false), (" problems ", LogNotifies::Problems, false), ("errors", LogNotifies::All, true)] {
+            let (s, w) = Settings::from_vars(|k| (k == "LOG_NOTIFIES").then(|| raw.to_string()));
+            assert_eq!(s.log_notifies, expected, "{raw}");
+            assert_eq!(w.len(), usize::from(warned), "{raw}: {w:?}");
+        }
         for (raw, expected, warned) in [("60000", 60_000, false), ("60001", MAX_SEND_TIMEOUT_MS, true), ("18446744073709551615", MAX_SEND_TIMEOUT_MS, true)] {
             let (s, w) = Settings::from_vars(|k| (k == "SEND_TIMEOUT_MS").then(|| raw.to_string()));
             assert_eq!(s.send_timeout_ms, expected, "{raw}");

@@ -5,7 +5,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::apps::Apps;
-use crate::report::DeviceReport;
+use crate::config::LogNotifies;
+use crate::report::{DeviceReport, FinalOutcome};
 use crate::error::{ApiError, Reply};
 
 pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
@@ -81,10 +82,44 @@ pub struct NotifyLog<'a> {
     pub error: Option<String>,
 }
 
+impl NotifyLog<'_> {
+    /// Whether `LOG_NOTIFIES` says to write this line: always with `All`;
+    /// with `Problems`, unless the answer was 200 and every device was
+    /// delivered at its first try.
+    pub fn is_wanted(&self, which: LogNotifies) -> bool {
+        which == LogNotifies::All
+            || self.status != 200
+            || self.devices.iter().any(|d| d.outcome != FinalOutcome::Delivered || d.tries != 1 || d.rate_limited)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_notifies_problems_skips_only_clean_deliveries() {
+        let device = |outcome, tries, rate_limited| DeviceReport {
+            outcome,
+            tries,
+            rate_limited,
+            ..DeviceReport::for_device("app".into(), "abc…".into())
+        };
+        let log = |status, devices: &[DeviceReport]| {
+            let all = NotifyLog { msg: "notify", request_id: "r", status, ms: 1, devices, error: None }.is_wanted(LogNotifies::All);
+            assert!(all, "LOG_NOTIFIES=all writes every line");
+            NotifyLog { msg: "notify", request_id: "r", status, ms: 1, devices, error: None }.is_wanted(LogNotifies::Problems)
+        };
+        let delivered = device(FinalOutcome::Delivered, 1, false);
+        assert!(!log(200, &[delivered.clone(), delivered.clone()]));
+        assert!(log(200, &[delivered.clone(), device(FinalOutcome::Rejected, 1, false)]), "a rejection");
+        assert!(log(200, &[device(FinalOutcome::Delivered, 2, false)]), "a retry");
+        assert!(log(200, &[device(FinalOutcome::Deferred, 3, false)]), "a deferral");
+        assert!(log(429, &[device(FinalOutcome::Transient, 0, true)]), "a rate limit");
+        assert!(log(502, &[delivered.clone(), device(FinalOutcome::Failed, 1, false)]), "an error answer");
+        assert!(log(400, &[]), "a bad request");
+    }
 
     #[test]
     fn routing_table() {

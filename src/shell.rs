@@ -135,10 +135,12 @@ async fn notify(req: web_sys::Request, env: &Env) -> Reply {
     };
     let notify_point = crate::metrics::notify_point(reply.status, reply.errcode(), reports.len(), log.ms);
     write_metrics(env, std::iter::once(notify_point).chain(reports.iter().map(|r| crate::metrics::data_point(r, reply.status))));
-    match serde_json::to_string(&log) {
-        Ok(line) if reply.status >= 500 => console_error!("{line}"),
-        Ok(line) => console_log!("{line}"),
-        Err(_) => {}
+    if log.is_wanted(state.settings.log_notifies) {
+        match serde_json::to_string(&log) {
+            Ok(line) if reply.status >= 500 => console_error!("{line}"),
+            Ok(line) => console_log!("{line}"),
+            Err(_) => {}
+        }
     }
     reply
 }

@@ -242,3 +242,50 @@ describe("logs", () => {
     assert.deepEqual(findLeaks(`{"pushkey":"${key.slice(0, 6)}…"}`, { pushkeys: [key] }), [], "a shortened pushkey is fine");
   });
 });
+
+// LOG_NOTIFIES=problems: a notify answered 200 whose every device was
+// delivered at its first try writes no line; anything else still does.
+describe("LOG_NOTIFIES=problems", () => {
+  let apns;
+  let worker;
+
+  before(async () => {
+    apns = await startFakeApns({ publicKey: apnsKey.publicKey, keyId: KEY_ID, teamId: TEAM_ID });
+    worker = await startWorker({
+      apps: { "quiet.ios": { type: "apns", topic: "com.example", team_id: TEAM_ID, key_id: KEY_ID, key_secret: "APNS_KEY", url: apns.origin } },
+      secrets: { APNS_KEY: apnsKey.p8 },
+      vars: { LOG_NOTIFIES: "problems", MAX_TRIES: "2", RETRY_BASE_MS: "1" },
+    });
+  });
+
+  after(async () => {
+    await worker?.close();
+    await apns?.close();
+  });
+
+  const device = () => ({ app_id: "quiet.ios", pushkey: randomPushkey() });
+  const notifyLines = () => worker.logs.filter((l) => l.message.includes('"msg":"notify"')).map((l) => JSON.parse(l.message));
+
+  test("clean deliveries write no line; a rejection, a retry and an error answer do", async () => {
+    for (let i = 0; i < 3; i++) assert.equal((await worker.notify(notification([device(), device()]))).status, 200);
+    assert.equal(apns.delivered.length, 6, "the quiet notifies were delivered");
+
+    const dead = device();
+    apns.answer(hexToken(dead.pushkey), "Unregistered");
+    const rejected = await worker.notify(notification([device(), dead]));
+    assert.deepEqual(rejected.json.rejected, [dead.pushkey]);
+
+    const flaky = device();
+    apns.answer(hexToken(flaky.pushkey), ["ServiceUnavailable", "ok"]);
+    assert.equal((await worker.notify(notification([flaky]))).status, 200);
+
+    const bad = await worker.notify({ notification: { devices: "none" } });
+    assert.equal(bad.status, 400);
+
+    assert.ok(await worker.waitForLog((l) => l.message.includes('"status":400')), worker.logText());
+    const lines = notifyLines();
+    assert.deepEqual(lines.map((l) => l.status), [200, 200, 400], worker.logText());
+    assert.ok(lines[0].devices.some((d) => d.outcome === "rejected"), JSON.stringify(lines[0]));
+    assert.ok(lines[1].devices.some((d) => d.tries === 2 && d.outcome === "delivered"), JSON.stringify(lines[1]));
+  });
+});
