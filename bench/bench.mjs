@@ -228,6 +228,8 @@ progress("starting the floors and edgepush");
 const floor = await startInstance(floorOptions(floorUpstream));
 const floorRs = await startInstance(rustFloorOptions(floorUpstream));
 const edgepush = await startInstance(edgepushOptions(warmApps, warmSecrets));
+const quietOptions = edgepushOptions(warmApps, warmSecrets);
+const quiet = await startInstance({ ...quietOptions, bindings: { ...quietOptions.bindings, LOG_NOTIFIES: "problems" } });
 
 const mixed = [];
 for (let i = 0; i < 5; i++) mixed.push(device(IOS, apnsPushkey()), device(ANDROID, fcmPushkey()));
@@ -245,6 +247,7 @@ const workloads = [
   { name: "Rust gateway floor: the same", instance: gateway(floorRs, "all"), body: floorBody },
   { name: "notify, 1 APNs device", instance: edgepush, body: apnsBody },
   { name: "notify, 1 FCM device", instance: edgepush, body: fcmBody },
+  { name: "  the same, LOG_NOTIFIES=problems", instance: quiet, body: fcmBody },
   { name: "notify, 10 devices (5 APNs + 5 FCM)", instance: edgepush, body: notifyBody(mixed) },
 ];
 const [jsFloor, rustFloor, jsGateway, rustGateway] = workloads;
@@ -364,7 +367,7 @@ const totals = workloads.flatMap((w) => CONCURRENCIES.flatMap((c) => w.results[c
 const statTotal = totals.reduce((s, r) => s + r.statMs, 0);
 const schedTotal = totals.reduce((s, r) => s + r.schedMs, 0);
 
-for (const instance of [floor, floorRs, edgepush, slowFloor, slowFloorRs, slowEdgepush, minter]) await instance.mf.dispose();
+for (const instance of [floor, floorRs, edgepush, quiet, slowFloor, slowFloorRs, slowEdgepush, minter]) await instance.mf.dispose();
 await fake.close();
 await slow.close();
 
