@@ -5,7 +5,7 @@
 // extra subrequests of a mint, so the bench can tell signing from I/O;
 // `?log=N` writes N lines like edgepush's per-notify line, pricing the log.
 // `?gateway` asks of the runtime what any gateway that keeps edgepush's
-// contract must (the Rust floor's `?all`, bench/floor-rs/lib.rs): the send
+// contract must (the Rust floor's `?gateway`, bench/floor-rs/lib.rs): the send
 // bounded by a timer and an AbortController, an APNs request's headers, the
 // answer read through a stream reader, the clock read, one log line.
 const LINE = JSON.stringify({

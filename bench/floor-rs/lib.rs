@@ -10,12 +10,16 @@
 //! APNs send), `reader` (the answer read through a stream reader, as
 //! `http.rs` caps it, instead of `arrayBuffer`), `log` (one line the size of
 //! the notify line), `clock` (the nine more `Date.now()` a notify reads), or
-//! `all` of them.
+//! `all` of them. `gateway` does what `all` does the way edgepush's shell
+//! does it: the body read, the exchange (APNs headers, timeout, capped
+//! answer) and the answer through `glue.js` (edgepush's `src/glue.js`), the
+//! clock read ten times and one log line.
 
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
-use worker::js_sys::{self, Reflect, Uint8Array};
+use worker::js_sys::{self, Promise, Reflect, Uint8Array};
+use worker::wasm_bindgen::prelude::wasm_bindgen;
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::web_sys::{self, AbortController, RequestRedirect, WorkerGlobalScope};
@@ -24,10 +28,47 @@ use worker::{console_log, event, Context, Delay, Env, Result};
 /// A line like edgepush's per-notify log line.
 const LINE: &str = r#"{"msg":"notify","request_id":"0123456789abcdef","status":200,"ms":1,"devices":[{"app_id":"org.example.bench.ios","pushkey":"abcdef…","provider":"apns","outcome":"delivered","status":200,"tries":1,"token":"memory","ms":1}]}"#;
 
+#[wasm_bindgen(module = "/glue.js", wasm_bindgen = worker::wasm_bindgen, js_sys = worker::js_sys)]
+extern "C" {
+    #[wasm_bindgen(js_name = readBody)]
+    fn glue_read_body(request: &web_sys::Request, max: f64) -> Promise;
+    #[wasm_bindgen(js_name = exchange)]
+    fn glue_exchange(url: &str, headers: &str, body: &[u8], timeout_ms: f64, cap: f64) -> Promise;
+    #[wasm_bindgen(js_name = respond)]
+    fn glue_respond(status: u16, body: &str, retry_after_secs: f64) -> web_sys::Response;
+}
+
+/// `?gateway`: edgepush's runtime calls for an APNs notify, without edgepush.
+async fn gateway(req: web_sys::Request, env: Env) -> Result<web_sys::Response> {
+    let body = Uint8Array::new(&JsFuture::from(glue_read_body(&req, 65536.0)).await?).to_vec();
+    let upstream = env.var("UPSTREAM")?.to_string();
+    for _ in 0..10 {
+        std::hint::black_box(js_sys::Date::now());
+    }
+    let headers = format!(
+        "content-type\napplication/json\napns-topic\norg.example.bench\napns-push-type\nalert\napns-priority\n10\nauthorization\nbearer {}\n",
+        "x".repeat(180)
+    );
+    let answer = JsFuture::from(glue_exchange(&upstream, &headers, &body, 10_000.0, 8192.0)).await?;
+    let ok = answer.as_string().is_none() && {
+        // As edgepush reads an answer: status, Retry-After, body.
+        let answer: &js_sys::Array = answer.unchecked_ref();
+        let _retry_after = answer.get(1).as_string();
+        let _body = answer.get(2).dyn_into::<Uint8Array>().map(|b| b.to_vec());
+        answer.get(0).as_f64() == Some(200.0)
+    };
+    console_log!("{LINE}");
+    let text = if ok { r#"{"rejected":[]}"# } else { r#"{"upstream":"failed"}"# };
+    Ok(glue_respond(if ok { 200 } else { 502 }, text, -1.0))
+}
+
 #[event(fetch)]
 async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<web_sys::Response> {
     let url = req.url();
     let query = url.split_once('?').map_or("", |(_, q)| q);
+    if query == "gateway" {
+        return gateway(req, env).await;
+    }
     let with = |feature: &str| query.split('&').any(|f| f == feature || f == "all");
     let body = read_body(req).await?;
     let upstream = env.var("UPSTREAM")?.to_string();
