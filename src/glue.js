@@ -49,31 +49,29 @@ export async function readBody(request, max) {
   return readCapped(stream, max, true);
 }
 
-// What `exchange` resolves to when the answer did not come in time.
-const TIMED_OUT = "timed out";
-
 // One POST to a provider, bounded as a whole by `timeoutMs` (headers and
 // body: an endpoint that sends its headers and then stalls is as dead as a
 // silent one). `headers` is `name\nvalue\n...` (the Rust side refuses a
 // newline in either). Resolves to `[status, retryAfter, body]` (`retryAfter`
 // is the header's text on an error status, else null; `body` at most `cap`
-// bytes, or null when `cap` < 0: cancelled unread), or to a string: the
-// network error's words, or TIMED_OUT.
+// bytes, or null when `cap` < 0: cancelled unread), to a string: the
+// network error's words, or to null: no answer within `timeoutMs`.
 export async function exchange(url, headers, body, timeoutMs, cap) {
   const controller = new AbortController();
   const init = { method: "POST", body: body.slice(), redirect: "manual", signal: controller.signal, headers: [] };
-  if (headers.length > 0) {
-    const parts = headers.split("\n");
-    for (let i = 0; i + 1 < parts.length; i += 2) init.headers.push([parts[i], parts[i + 1]]);
-  }
+  const parts = headers.split("\n");
+  for (let i = 0; i + 1 < parts.length; i += 2) init.headers.push([parts[i], parts[i + 1]]);
   let timer;
   const timeout = new Promise((resolve) => {
-    timer = setTimeout(resolve, timeoutMs, TIMED_OUT);
+    timer = setTimeout(resolve, timeoutMs, null);
   });
-  const result = await Promise.race([answer(url, init, cap), timeout]);
-  if (result === TIMED_OUT) controller.abort();
-  else clearTimeout(timer);
-  return result;
+  try {
+    const result = await Promise.race([answer(url, init, cap), timeout]);
+    if (result === null) controller.abort();
+    return result;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 async function answer(url, init, cap) {

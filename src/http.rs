@@ -31,9 +31,10 @@ const RATE_LIMITER: &str = "PUSH_LIMITER";
 /// The only response header the providers read (`ProviderResponse::retry_after`).
 const RETRY_AFTER: &str = "retry-after";
 
-/// The transport of one request. Calls go to `web_sys` directly rather than
-/// through `worker::Fetch` and `worker::Response`, whose conversions read
-/// properties (e.g. `cf`) that cost CPU on every send and are never used.
+/// The transport of one request. A send is one call to `glue.js`'s
+/// `exchange` rather than `worker::Fetch` and `worker::Response`, whose
+/// conversions read properties (e.g. `cf`) that cost CPU on every send and
+/// are never used, or a loop of `web_sys` calls.
 pub struct WorkerTransport<'a> {
     env: &'a Env,
     /// `TOKENS`, looked up on first use: a notify with a cached token never needs it.
@@ -113,17 +114,21 @@ extern "C" {
     #[wasm_bindgen(js_name = readBody)]
     pub fn read_body(request: &web_sys::Request, max: f64) -> Promise;
     fn exchange(url: &str, headers: &str, body: &[u8], timeout_ms: f64, cap: f64) -> Promise;
-    pub fn respond(status: u16, body: &str, retry_after_secs: f64) -> web_sys::Response;
+    #[wasm_bindgen(catch)]
+    pub fn respond(status: u16, body: &str, retry_after_secs: f64) -> Result<web_sys::Response, JsValue>;
 }
 
 impl WorkerTransport<'_> {
     /// `send`, with errors as workerd words them.
     async fn exchange(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
-        // One string for all the headers: `name\nvalue\n...`.
+        // One string for all the headers: `name\nvalue\n...`. A value is
+        // trimmed of whitespace at its ends as `fetch` would; one with a line
+        // break or NUL inside is no header (`fetch` would refuse it unnamed).
         let mut headers = String::new();
         for (name, value) in &request.headers {
-            if name.contains('\n') || value.contains('\n') {
-                return Err(format!("bad header {name}: a newline in it"));
+            let value = value.trim_matches([' ', '\t', '\r', '\n']);
+            if name.contains(['\r', '\n', '\0']) || value.contains(['\r', '\n', '\0']) {
+                return Err(format!("bad header {name}: a line break or NUL in it"));
             }
             headers.push_str(name);
             headers.push('\n');
@@ -137,8 +142,11 @@ impl WorkerTransport<'_> {
         let answer = JsFuture::from(exchange(&request.url, &headers, &request.body, self.send_timeout_ms as f64, cap))
             .await
             .map_err(describe)?;
+        if answer.is_null() {
+            return Err(format!("no answer within {} ms", self.send_timeout_ms));
+        }
         if let Some(error) = answer.as_string() {
-            return Err(if error == TIMED_OUT { format!("no answer within {} ms", self.send_timeout_ms) } else { error });
+            return Err(error);
         }
         let answer: Array = answer.dyn_into().map_err(|_| "the exchange gave no answer".to_string())?;
         let status = answer.get(0).as_f64().map_or(0, |s| s as u16);
@@ -147,9 +155,6 @@ impl WorkerTransport<'_> {
         Ok(ProviderResponse { status, headers, body })
     }
 }
-
-/// What `exchange` in `src/glue.js` resolves to when no answer came in time.
-const TIMED_OUT: &str = "timed out";
 
 impl Transport for WorkerTransport<'_> {
     /// Errors go into logs: any URL in them is cut to its origin.

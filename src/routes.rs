@@ -85,11 +85,12 @@ pub struct NotifyLog<'a> {
 impl NotifyLog<'_> {
     /// Whether `LOG_NOTIFIES` says to write this line: always with `All`;
     /// with `Problems`, unless the answer was 200 and every device was
-    /// delivered at its first try.
+    /// delivered at its first try (or settled without a send, e.g. a
+    /// WebPush device that wants no pushes without an event).
     pub fn is_wanted(&self, which: LogNotifies) -> bool {
         which == LogNotifies::All
             || self.status != 200
-            || self.devices.iter().any(|d| d.outcome != FinalOutcome::Delivered || d.tries != 1 || d.rate_limited)
+            || self.devices.iter().any(|d| d.outcome != FinalOutcome::Delivered || d.tries > 1 || d.rate_limited)
     }
 }
 
@@ -113,6 +114,7 @@ mod tests {
         };
         let delivered = device(FinalOutcome::Delivered, 1, false);
         assert!(!log(200, &[delivered.clone(), delivered.clone()]));
+        assert!(!log(200, &[delivered.clone(), device(FinalOutcome::Delivered, 0, false)]), "settled without a send");
         assert!(log(200, &[delivered.clone(), device(FinalOutcome::Rejected, 1, false)]), "a rejection");
         assert!(log(200, &[device(FinalOutcome::Delivered, 2, false)]), "a retry");
         assert!(log(200, &[device(FinalOutcome::Deferred, 3, false)]), "a deferral");

@@ -98,7 +98,7 @@ fn into_response(reply: &Reply) -> Result<web_sys::Response> {
     let body = serde_json::to_string(&reply.body)?;
     // M_LIMIT_EXCEEDED carries `retry_after_ms`; HTTP clients read the header.
     let retry_after = reply.retry_after_ms().map_or(-1.0, |ms| ms.div_ceil(1000) as f64);
-    Ok(http::respond(reply.status, &body, retry_after))
+    Ok(http::respond(reply.status, &body, retry_after)?)
 }
 
 async fn notify(req: web_sys::Request, env: &Env) -> Reply {

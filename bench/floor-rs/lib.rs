@@ -1,19 +1,19 @@
 //! The floor of a Rust worker: bench/floor.mjs's work (read the request, one
-//! fetch to `UPSTREAM`, answer `{"rejected":[]}`) through the same calls as
-//! edgepush's shell (`web_sys` types, the body read by hand, the static
-//! `fetch`). Nothing else: no parsing, no timeout, no log.
+//! fetch to `UPSTREAM`, answer `{"rejected":[]}`) through `web_sys` (the
+//! request and response types, the body read by hand, the static `fetch`).
+//! Nothing else: no parsing, no timeout, no log.
 //!
-//! The query adds, one by one, what edgepush's shell asks of the runtime
-//! beyond that, so the bench can price each (bench/README.md):
-//! `timeout` (an AbortController and a timer raced against the exchange, as
-//! `http.rs` bounds a send), `headers` (the four more request headers of an
-//! APNs send), `reader` (the answer read through a stream reader, as
-//! `http.rs` caps it, instead of `arrayBuffer`), `log` (one line the size of
-//! the notify line), `clock` (the nine more `Date.now()` a notify reads), or
-//! `all` of them. `gateway` does what `all` does the way edgepush's shell
-//! does it: the body read, the exchange (APNs headers, timeout, capped
-//! answer) and the answer through `glue.js` (edgepush's `src/glue.js`), the
-//! clock read ten times and one log line.
+//! The query adds, one by one, what a gateway asks of the runtime beyond
+//! that, so the bench can price each (bench/README.md), still through
+//! `web_sys`: `timeout` (an AbortController and a timer raced against the
+//! exchange), `headers` (the four more request headers of an APNs send),
+//! `reader` (the answer read through a stream reader instead of
+//! `arrayBuffer`), `log` (one line the size of edgepush's notify line),
+//! `clock` (nine more `Date.now()`), or `all` of them. `gateway` does what
+//! `all` does the way edgepush's shell does it: the body read, the exchange
+//! (APNs headers, timeout, capped answer) and the answer through `glue.js`
+//! (a link to edgepush's `src/glue.js`), the clock read ten times and one
+//! log line.
 
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ async fn gateway(req: web_sys::Request, env: Env) -> Result<web_sys::Response> {
         "x".repeat(180)
     );
     let answer = JsFuture::from(glue_exchange(&upstream, &headers, &body, 10_000.0, 8192.0)).await?;
-    let ok = answer.as_string().is_none() && {
+    let ok = answer.is_object() && {
         // As edgepush reads an answer: status, Retry-After, body.
         let answer: &js_sys::Array = answer.unchecked_ref();
         let _retry_after = answer.get(1).as_string();

@@ -504,6 +504,22 @@ describe("APNs timeouts", () => {
     }
   });
 
+  test("a topic written with a trailing newline in APPS is sent trimmed, as fetch trims header values", async () => {
+    const fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID });
+    const app = apnsApp(fake.origin);
+    const worker = await startWorker({ apps: { [IOS]: { ...app, topic: `${app.topic}\n` } }, secrets: { APNS_KEY: key.p8 } });
+    try {
+      const k = randomPushkey();
+      const r = await worker.notify(notification([device(k)]));
+      assertStatus(r, 200);
+      const [sent] = fake.requestsFor(hexToken(k));
+      assert.equal(sent.headers["apns-topic"], app.topic);
+    } finally {
+      await worker.close();
+      await fake.close();
+    }
+  });
+
   test("an APNs that is down (connection refused) is transient: 502", async () => {
     const fake = await startFakeApns({ publicKey: key.publicKey, keyId: KEY_ID, teamId: TEAM_ID });
     const origin = fake.origin;
