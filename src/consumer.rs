@@ -19,11 +19,10 @@ use crate::apps::{AppEntry, Apps, Lookup};
 use crate::config::{DeferredSettings, Settings, MAX_QUEUE_DELAY_SECS};
 use crate::deferred::{given_up, mark_given_up, DeferredPush, Enqueue};
 use crate::dispatch::Dispatcher;
-use crate::providers::jwt::JwtToSign;
-use crate::providers::{App, OutRequest, Outcome, ProviderResponse, Verdict};
+use crate::providers::{App, Outcome, Verdict};
 use crate::report::{DeviceReport, FinalOutcome};
 use crate::tokens::{TokenCache, TokenSource};
-use crate::transport::{Signal, Transport};
+use crate::transport::{Budgeted, Transport};
 
 /// What became of one queue message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,7 +169,9 @@ impl<T: Transport> Round<'_, T> {
             return self.give_up(push, text, log, format!("older than DEFERRED_MAX_AGE_SECS ({} s)", self.deferred.max_age_secs));
         }
 
-        let metered = Metered { inner: self.transport, budget: self.budget, retry_after_secs: Cell::new(None) };
+        let metered = Budgeted::sharing(self.transport, self.budget);
+        // A held UnifiedPush endpoint's wait, when it is not sent.
+        let mut held_secs = None;
         let mut report = DeviceReport {
             outcome: FinalOutcome::Transient,
             ..DeviceReport::for_device(push.app_id.clone(), log.pushkey.clone())
@@ -187,7 +188,7 @@ impl<T: Transport> Round<'_, T> {
                 if let App::UnifiedPush(up) = app {
                     if let Some(secs) = up.held_for(&prepared.request.url, started / 1000) {
                         // The endpoint asked to be left alone (a 429 to another push).
-                        metered.retry_after_secs.set(Some(secs));
+                        held_secs = Some(secs);
                         break 'sent Verdict::transient(format!("endpoint: asked to be left alone for {secs} s more; not sent"));
                     }
                 }
@@ -221,7 +222,7 @@ impl<T: Transport> Round<'_, T> {
             // sends what is still queued. Only the age limit ends these.
             Outcome::Transient { .. } | Outcome::Failed | Outcome::StaleCredentials | Outcome::Refused(_) => {
                 let backoff = self.deferred.backoff_secs(push.round.saturating_add(1), self.transport.random());
-                let asked = metered.retry_after_secs.get().unwrap_or(0).min(MAX_QUEUE_DELAY_SECS);
+                let asked = held_secs.or(metered.last_retry_after_secs()).unwrap_or(0).min(MAX_QUEUE_DELAY_SECS);
                 // The next try must start before the deadline; a whole second
                 // is kept for the queue's own delivery delay.
                 let latest = deadline_ms.saturating_sub(now) / 1000;
@@ -288,67 +289,5 @@ impl<T: Transport> Round<'_, T> {
             dead_letter: None,
             ms: self.transport.now_ms().saturating_sub(started),
         }
-    }
-}
-
-/// The transport of one queued push: the batch's shared subrequest budget,
-/// and the provider's `Retry-After` as sent (the dispatcher sees it capped
-/// for waiting inside a request; the queue can wait longer). Crate-visible
-/// for the tests of deferred delivery in `deferred.rs`.
-pub(crate) struct Metered<'a, T: Transport> {
-    pub(crate) inner: &'a T,
-    pub(crate) budget: &'a Cell<u32>,
-    pub(crate) retry_after_secs: Cell<Option<u64>>,
-}
-
-impl<T: Transport> Transport for Metered<'_, T> {
-    async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
-        let left = self.budget.get();
-        if left == 0 {
-            return Err("the batch's subrequest budget (MAX_SUBREQUESTS) is spent".into());
-        }
-        self.budget.set(left - 1);
-        let response = self.inner.send(request).await?;
-        let asked = response.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
-        self.retry_after_secs.set(asked);
-        Ok(response)
-    }
-    async fn sleep(&self, ms: u64) {
-        self.inner.sleep(ms).await;
-    }
-    fn now_ms(&self) -> u64 {
-        self.inner.now_ms()
-    }
-    fn random(&self) -> f64 {
-        self.inner.random()
-    }
-    async fn kv_get(&self, key: &str) -> Option<String> {
-        self.inner.kv_get(key).await
-    }
-    async fn kv_put(&self, key: &str, value: &str, expiration_ttl_secs: u64) {
-        self.inner.kv_put(key, value, expiration_ttl_secs).await;
-    }
-    async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
-        self.inner.sign(jwt).await
-    }
-    /// The worker's signal wakes a waiter in its own request's context: a
-    /// default one would wake it from whichever request ends the mint.
-    fn signal(&self) -> Signal {
-        self.inner.signal()
-    }
-    async fn over_rate_limit(&self, key: &str) -> bool {
-        self.inner.over_rate_limit(key).await
-    }
-    fn limits_rate(&self) -> bool {
-        self.inner.limits_rate()
-    }
-    fn deferral(&self) -> Option<&DeferredSettings> {
-        self.inner.deferral()
-    }
-    async fn defer(&self, messages: &[(String, u64)]) -> Result<(), String> {
-        self.inner.defer(messages).await
-    }
-    fn is_spent(&self) -> bool {
-        self.budget.get() == 0 || self.inner.is_spent()
     }
 }

@@ -319,7 +319,8 @@ mod tests {
     use super::*;
     use crate::apps::{Apps, Lookup};
     use crate::config::{DeferredSettings, Settings};
-    use crate::consumer::{consume, Action, Fate, Handled, Metered};
+    use crate::consumer::{consume, Action, Fate, Handled};
+    use crate::transport::Budgeted;
     use crate::dispatch::{reply, Dispatcher};
     use crate::notify::parse_notify;
     use crate::providers::ProviderResponse;
@@ -909,7 +910,7 @@ mod tests {
     fn a_queued_push_uses_the_workers_own_transport_hooks() {
         let t = Fake { over_rate_limit: true, ..Fake::new(Some(settings())) };
         let budget = Cell::new(1);
-        let metered = Metered { inner: &t, budget: &budget, retry_after_secs: Cell::new(None) };
+        let metered = Budgeted::sharing(&t, &budget);
         let _signal = metered.signal();
         assert_eq!(t.signals.get(), 1, "a waiter on a mint resumes in its own request's context");
         assert!(block_on(metered.over_rate_limit("k")));

@@ -67,29 +67,64 @@ pub trait Transport {
     }
 }
 
-/// The transport of one notify, refusing sends past the request's
-/// subrequest budget (`MAX_SUBREQUESTS`): the runtime would fail them anyway,
-/// and a refused send is `Transient`, so the homeserver retries.
+/// A transport refusing sends past a subrequest budget (`MAX_SUBREQUESTS`):
+/// the runtime would fail them anyway, and a refused send is `Transient`, so
+/// the homeserver retries (or the queue, for a deferred push). A notify has a
+/// budget of its own; a queue batch's pushes share one. It also keeps the
+/// last answer's `Retry-After` as sent, token endpoints' included: the
+/// dispatcher sees it capped for waiting inside a request, the queue can
+/// wait longer.
 pub struct Budgeted<'a, T: Transport> {
     inner: &'a T,
-    left: Cell<u32>,
+    left: Allowance<'a>,
+    retry_after_secs: Cell<Option<u64>>,
+}
+
+enum Allowance<'a> {
+    /// A notify's own.
+    Own(Cell<u32>),
+    /// A queue batch's, shared by its pushes.
+    Shared(&'a Cell<u32>),
 }
 
 impl<'a, T: Transport> Budgeted<'a, T> {
     /// `inner`, allowed `budget` sends.
     pub fn new(inner: &'a T, budget: u32) -> Self {
-        Self { inner, left: Cell::new(budget) }
+        Self { inner, left: Allowance::Own(Cell::new(budget)), retry_after_secs: Cell::new(None) }
+    }
+
+    /// `inner`, drawing on a budget shared with others.
+    pub fn sharing(inner: &'a T, budget: &'a Cell<u32>) -> Self {
+        Self { inner, left: Allowance::Shared(budget), retry_after_secs: Cell::new(None) }
+    }
+
+    /// The `Retry-After` (seconds) of the last answer, if it had one.
+    pub fn last_retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs.get()
+    }
+
+    fn left(&self) -> &Cell<u32> {
+        match &self.left {
+            Allowance::Own(left) => left,
+            Allowance::Shared(left) => left,
+        }
     }
 }
 
 impl<T: Transport> Transport for Budgeted<'_, T> {
     async fn send(&self, request: &OutRequest) -> Result<ProviderResponse, String> {
-        let left = self.left.get();
+        let left = self.left().get();
         if left == 0 {
-            return Err("the request's subrequest budget (MAX_SUBREQUESTS) is spent".into());
+            let whose = match self.left {
+                Allowance::Own(_) => "request",
+                Allowance::Shared(_) => "batch",
+            };
+            return Err(format!("the {whose}'s subrequest budget (MAX_SUBREQUESTS) is spent"));
         }
-        self.left.set(left - 1);
-        self.inner.send(request).await
+        self.left().set(left - 1);
+        let response = self.inner.send(request).await?;
+        self.retry_after_secs.set(response.retry_after_secs());
+        Ok(response)
     }
     async fn sleep(&self, ms: u64) {
         self.inner.sleep(ms).await;
@@ -109,6 +144,8 @@ impl<T: Transport> Transport for Budgeted<'_, T> {
     async fn sign(&self, jwt: &JwtToSign) -> Result<Vec<u8>, String> {
         self.inner.sign(jwt).await
     }
+    /// The worker's signal wakes a waiter in its own request's context: a
+    /// default one would wake it from whichever request ends the mint.
     fn signal(&self) -> Signal {
         self.inner.signal()
     }
@@ -125,7 +162,7 @@ impl<T: Transport> Transport for Budgeted<'_, T> {
         self.inner.defer(messages).await
     }
     fn is_spent(&self) -> bool {
-        self.left.get() == 0 || self.inner.is_spent()
+        self.left().get() == 0 || self.inner.is_spent()
     }
 }
 
