@@ -108,9 +108,9 @@ mod tests {
             ..DeviceReport::for_device("app".into(), "abc…".into())
         };
         let log = |status, devices: &[DeviceReport]| {
-            let all = NotifyLog { msg: "notify", request_id: "r", status, ms: 1, devices, error: None }.is_wanted(LogNotifies::All);
-            assert!(all, "LOG_NOTIFIES=all writes every line");
-            NotifyLog { msg: "notify", request_id: "r", status, ms: 1, devices, error: None }.is_wanted(LogNotifies::Problems)
+            let line = NotifyLog { msg: "notify", request_id: "r", status, ms: 1, devices, error: None };
+            assert!(line.is_wanted(LogNotifies::All), "LOG_NOTIFIES=all writes every line");
+            line.is_wanted(LogNotifies::Problems)
         };
         let delivered = device(FinalOutcome::Delivered, 1, false);
         assert!(!log(200, &[delivered.clone(), delivered.clone()]));
